@@ -1,0 +1,1 @@
+"""Data preparation: DICOM decoding, cohorts, LIDC labelling, splits and image loading."""

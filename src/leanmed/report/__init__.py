@@ -1,0 +1,1 @@
+"""Reporting: aggregation, paper tables and figures, statistics and Pareto fronts."""

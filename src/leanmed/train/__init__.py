@@ -1,0 +1,1 @@
+"""Training: model and setting registries, the training loop and its measurements."""
