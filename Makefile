@@ -1,0 +1,43 @@
+# Quick start: `make demo` (the demo study end to end) and `make test` (the test suite).
+# Each target sets up .venv on first use (Python 3.11; about 6 GB, torch is a CUDA build that also runs on CPU).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.leanmed-installed
+SNAKEMAKE := $(BIN)/snakemake
+
+.PHONY: setup demo test test-fast lint benchmarks clean-demo
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(INSTALLED)
+
+demo: setup
+	$(SNAKEMAKE) --profile profiles/demo
+	$(SNAKEMAKE) --profile profiles/demo --report results/report.html
+	@$(BIN)/python -m leanmed.report.where results
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Unit tests only (no Snakemake runs): about a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+lint: setup
+	$(SNAKEMAKE) --lint --configfile profiles/demo/demo-study.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+benchmarks: setup
+	$(BIN)/python benchmarks/optimizer_state.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/data_loading.py
+	$(BIN)/python benchmarks/dicom_to_png.py
+	$(BIN)/python benchmarks/dag_build.py
+	$(BIN)/python benchmarks/gpu_settings.py
+
+clean-demo:
+	rm -rf data/demo results logs .snakemake

@@ -1,0 +1,27 @@
+# leanmed: what resource-efficient training costs and saves for medical image classifiers.
+# The chain: raw data -> prepare -> split -> train (one job per dataset x model x setting x scale x seed)
+#            -> aggregate -> tables, figures, report. See README "How it works" and docs/architecture.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

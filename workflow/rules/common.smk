@@ -1,0 +1,228 @@
+# Helpers for the rule files: the job list, paths, parameters and config checks.
+# Rule files stay declarative and call only what is defined here.
+import hashlib
+import json
+from pathlib import Path
+
+import leanmed
+from snakemake.exceptions import WorkflowError
+
+RESULTS = "results"
+LOGS = "logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+DATASETS = list(config["datasets"])
+PACKAGE_DIR = Path(leanmed.__file__).parent
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model=r"[A-Za-z0-9_.\-]+",
+    setting=r"[A-Za-z0-9_]+",
+    scale=r"\d+",
+    seed=r"\d+",
+    shard=r"\d+",
+
+
+# ---------------------------------------------------------------- config checks
+def check_config():
+    """Fail before any job runs when the config names something leanmed does not know.
+
+    The schema checks keys and types; this checks what the schema cannot: model names (registry alias or
+    timm name) and that downsampling runs refer to configured datasets.
+    """
+    from leanmed.train.models import is_known_model, known_aliases
+
+    for dataset, entry in config["datasets"].items():
+        for model in entry["models"]:
+            if not is_known_model(model):
+                raise WorkflowError(
+                    f"config key datasets.{dataset}.models: unknown model {model!r}. "
+                    f"Use a leanmed alias ({', '.join(known_aliases())}) or a timm model name "
+                    "(timm.list_models())."
+                )
+    for index, run in enumerate(config["downsampling"]["runs"]):
+        if run["dataset"] not in config["datasets"]:
+            raise WorkflowError(
+                f"config key downsampling.runs[{index}].dataset: {run['dataset']!r} is not in "
+                f"datasets ({', '.join(DATASETS)})."
+            )
+        if not is_known_model(run["model"]):
+            raise WorkflowError(
+                f"config key downsampling.runs[{index}].model: unknown model {run['model']!r}. "
+                f"Use a leanmed alias ({', '.join(known_aliases())}) or a timm model name."
+            )
+    fractions = config["split"]["fractions"]
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise WorkflowError(f"config key split.fractions: {fractions} must sum to 1.")
+
+
+check_config()
+
+
+# ---------------------------------------------------------------- raw data
+MISSING_DATA_HELP = {
+    "rsna": (
+        "RSNA screening mammography data not found at {path}.\n"
+        "Download the Kaggle competition data 'rsna-breast-cancer-detection' "
+        "(https://www.kaggle.com/competitions/rsna-breast-cancer-detection/data) and put train.csv at "
+        "config data.rsna.train_csv and the train_images/ folder at data.rsna.images_dir.\n"
+        "To try leanmed without it: `make demo` runs the whole study on generated data."
+    ),
+    "lidc": (
+        "LIDC-IDRI pickle not found at {path}.\n"
+        "Download the Probabilistic U-Net LIDC crops (data_lidc.pickle, see "
+        "https://github.com/stefanknegt/Probabilistic-Unet-Pytorch) and put it at config data.lidc.pickle.\n"
+        "To try leanmed without it: `make demo` runs the whole study on generated data."
+    ),
+}
+
+
+def raw_data_path(dataset):
+    """Path of the raw input of `dataset`; produced by rule demo_data in demo mode, else it must exist."""
+    path = config["data"]["rsna"]["train_csv"] if dataset == "rsna" else config["data"]["lidc"]["pickle"]
+    if not config["demo"]["enabled"] and not Path(path).exists():
+        raise WorkflowError(MISSING_DATA_HELP[dataset].format(path=path))
+    return path
+
+
+def rsna_train_csv(wildcards):
+    return raw_data_path("rsna")
+
+
+def lidc_pickle(wildcards):
+    return raw_data_path("lidc")
+
+
+# ---------------------------------------------------------------- data preparation
+def shard_ids():
+    return list(range(config["dicom"]["shards"]))
+
+
+def rsna_manifests(wildcards):
+    return expand(f"{RESULTS}/rsna/png/manifest_{{shard}}.csv", shard=shard_ids())
+
+
+def labelled_images(wildcards):
+    """The per-image table the split of a dataset starts from."""
+    if wildcards.dataset == "rsna":
+        return f"{RESULTS}/rsna/images.csv"
+    return f"{RESULTS}/lidc/labels.csv"
+
+
+# ---------------------------------------------------------------- the study's jobs
+def training_runs():
+    """Every training job of the study as dicts (dataset, model, setting, scale, seed), main study first."""
+    runs = []
+    for dataset, entry in config["datasets"].items():
+        for model in entry["models"]:
+            for setting in config["settings"]:
+                for seed in config["seeds"]:
+                    runs.append(dict(dataset=dataset, model=model, setting=setting, scale=1, seed=seed))
+    for extra in config["downsampling"]["runs"]:
+        for setting in extra["settings"]:
+            for scale in extra["scales"]:
+                for seed in config["seeds"]:
+                    run = dict(dataset=extra["dataset"], model=extra["model"], setting=setting, scale=scale, seed=seed)
+                    if run not in runs:
+                        runs.append(run)
+    return runs
+
+
+RUN_DIR = RESULTS + "/runs/{dataset}/{model}/{setting}/s{scale}/seed{seed}"
+
+
+def run_dir(run):
+    return RUN_DIR.format(**run)
+
+
+def run_out_dir(wildcards):
+    return RUN_DIR.format(**wildcards)
+
+
+def all_metrics():
+    return [f"{run_dir(run)}/metrics.json" for run in training_runs()]
+
+
+def models_of(dataset):
+    return config["datasets"][dataset]["models"]
+
+
+def downsampling_curves():
+    """(dataset, model) pairs that get a downsampling figure."""
+    return sorted({(extra["dataset"], extra["model"]) for extra in config["downsampling"]["runs"]})
+
+
+def training_code_version():
+    """Hash of the package code a training job runs.
+
+    Snakemake's code trigger sees only the script file, not the package it imports; passing this hash as a
+    param makes a change of the training code (or of what it imports) rerun the training jobs.
+    """
+    digest = hashlib.sha256()
+    files = sorted((PACKAGE_DIR / "train").glob("*.py")) + [
+        PACKAGE_DIR / "data" / "images.py",
+        PACKAGE_DIR / "metrics.py",
+    ]
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+TRAINING_CODE_VERSION = training_code_version()
+
+
+def rerun_triggers(wildcards):
+    """What a training job depends on beyond its own options: the setting's definition in the registry and the
+    training code. Passed as params, so a change of either reruns exactly the affected jobs."""
+    from leanmed.train.settings import setting_definition
+
+    return dict(setting_definition=setting_definition(wildcards.setting), code_version=TRAINING_CODE_VERSION)
+
+
+def train_params(wildcards):
+    """The options of one training job (leanmed.train.loop.TrainConfig fields); a change reruns that job."""
+    training = config["training"]
+    params = dict(
+        dataset=wildcards.dataset,
+        model=wildcards.model,
+        setting=wildcards.setting,
+        seed=int(wildcards.seed),
+        scale=int(wildcards.scale),
+        downsample_mode=config["downsampling"]["mode"],
+        image_size=config["image_size"],
+        lr=training["lr"],
+        batch_size=training["batch_size"],
+        max_epochs=training["max_epochs"],
+        patience=training["patience"],
+        pretrained=training["pretrained"],
+        device=training["device"],
+        num_workers=training["num_workers"],
+        energy=training["energy"],
+        inference_repeats=training["inference_repeats"],
+    )
+    fingerprint = json.dumps([params, rerun_triggers(wildcards)], sort_keys=True, default=str)
+    params["config_hash"] = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    return params
+
+
+def training_threads():
+    return config["training"]["threads"]
+
+
+# ---------------------------------------------------------------- report
+def final_outputs():
+    outputs = [f"{RESULTS}/summary.csv", f"{RESULTS}/deployment/cpu_inference.md"]
+    for dataset in DATASETS:
+        outputs += expand(f"{RESULTS}/tables/{dataset}.{{ext}}", ext=["csv", "md", "tex"])
+        outputs += expand(f"{RESULTS}/stats/{dataset}_vs_fp32.{{ext}}", ext=["csv", "md"])
+        outputs += expand(f"{RESULTS}/pareto/{dataset}.{{ext}}", ext=["csv", "md"])
+        outputs += expand(f"{RESULTS}/figures/pareto_{dataset}.{{ext}}", ext=["png", "pdf"])
+        outputs += expand(
+            f"{RESULTS}/figures/radar_{dataset}_{{model}}.{{ext}}", model=models_of(dataset), ext=["png", "pdf"]
+        )
+        outputs += [f"{RESULTS}/{dataset}/split_report.md"]
+    outputs += [f"{RESULTS}/rsna/cohort_report.md"] if "rsna" in DATASETS else []
+    for dataset, model in downsampling_curves():
+        outputs += expand(f"{RESULTS}/figures/downsampling_{dataset}_{model}.{{ext}}", ext=["png", "pdf"])
+    return outputs

@@ -1,0 +1,114 @@
+# Data preparation: generated demo data, RSNA cohort and DICOM -> PNG, LIDC labelling, subject-level splits.
+
+
+rule demo_data:
+    output:
+        rsna_csv=config["data"]["rsna"]["train_csv"],
+        lidc_pickle=config["data"]["lidc"]["pickle"],
+    params:
+                images_dir=config["data"]["rsna"]["images_dir"],
+        demo=config["demo"],
+    log:
+        f"{LOGS}/demo_data.log",
+    benchmark:
+        f"{BENCHMARKS}/demo_data.tsv"
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/demo_data.py"
+
+
+rule rsna_cohort:
+    input:
+        train_csv=rsna_train_csv,
+    output:
+        cohort=f"{RESULTS}/rsna/cohort.csv",
+        report_csv=f"{RESULTS}/rsna/cohort_report.csv",
+        report_md=f"{RESULTS}/rsna/cohort_report.md",
+    params:
+        images_dir=config["data"]["rsna"]["images_dir"],
+        max_age=config["cohort"]["rsna"]["max_age"],
+    log:
+        f"{LOGS}/rsna/cohort.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/rsna_cohort.py"
+
+
+rule dicom_to_png:
+    input:
+        cohort=f"{RESULTS}/rsna/cohort.csv",
+    output:
+        manifest=f"{RESULTS}/rsna/png/manifest_{{shard}}.csv",
+    params:
+        images_dir=config["data"]["rsna"]["images_dir"],
+        out_root=f"{RESULTS}/rsna/png",
+        n_shards=config["dicom"]["shards"],
+        image_size=config["image_size"],
+        bits=config["dicom"]["png_bits"],
+        path_mode=config["dicom"]["path_mode"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+    log:
+        f"{LOGS}/rsna/dicom_to_png_{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/rsna/dicom_to_png_{{shard}}.tsv"
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/dicom_to_png.py"
+
+
+rule rsna_images:
+    input:
+        manifests=rsna_manifests,
+    output:
+        images=f"{RESULTS}/rsna/images.csv",
+        excluded=f"{RESULTS}/rsna/excluded.csv",
+    params:
+        max_excluded_fraction=config["dicom"]["max_excluded_fraction"],
+    log:
+        f"{LOGS}/rsna/images.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/rsna_images.py"
+
+
+rule lidc_labels:
+    input:
+        pickle=lidc_pickle,
+    output:
+        labels=f"{RESULTS}/lidc/labels.csv",
+    params:
+        out_dir=f"{RESULTS}/lidc",
+        image_size=config["image_size"],
+        min_raters=config["cohort"]["lidc"]["min_raters"],
+    log:
+        f"{LOGS}/lidc/labels.log",
+    benchmark:
+        f"{BENCHMARKS}/lidc/labels.tsv"
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/lidc_labels.py"
+
+
+rule split:
+    input:
+        images=labelled_images,
+    output:
+        split=f"{RESULTS}/{{dataset}}/split.csv",
+        report_csv=f"{RESULTS}/{{dataset}}/split_report.csv",
+        report_md=f"{RESULTS}/{{dataset}}/split_report.md",
+    params:
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
+    log:
+        f"{LOGS}/{{dataset}}/split.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/split.py"

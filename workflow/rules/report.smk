@@ -1,0 +1,167 @@
+# Aggregation and every table and figure of the study; `snakemake --report` gathers them with captions.
+
+
+rule aggregate:
+    input:
+        metrics=all_metrics(),
+    output:
+        summary=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "all runs"},
+        ),
+    params:
+        expected_runs=training_runs(),
+        runs_root=f"{RESULTS}/runs",
+    log:
+        f"{LOGS}/report/aggregate.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule paper_table:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+    output:
+        csv=f"{RESULTS}/tables/{{dataset}}.csv",
+        md=report(
+            f"{RESULTS}/tables/{{dataset}}.md",
+            caption="../report/paper_table.rst",
+            category="{dataset}",
+            subcategory="Tables",
+            labels={"table": "Table 1/2 layout"},
+        ),
+        tex=f"{RESULTS}/tables/{{dataset}}.tex",
+    log:
+        f"{LOGS}/report/paper_table_{{dataset}}.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/paper_table.py"
+
+
+rule radar_plot:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/radar_{{dataset}}_{{model}}.png",
+            caption="../report/radar.rst",
+            category="{dataset}",
+            subcategory="{model}",
+            labels={"figure": "radar"},
+        ),
+        pdf=f"{RESULTS}/figures/radar_{{dataset}}_{{model}}.pdf",
+    params:
+        dpi=config["report"]["dpi"],
+    log:
+        f"{LOGS}/report/radar_{{dataset}}_{{model}}.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/radar_plot.py"
+
+
+rule downsampling_plot:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/downsampling_{{dataset}}_{{model}}.png",
+            caption="../report/downsampling.rst",
+            category="{dataset}",
+            subcategory="{model}",
+            labels={"figure": "downsampling"},
+        ),
+        pdf=f"{RESULTS}/figures/downsampling_{{dataset}}_{{model}}.pdf",
+    params:
+        dpi=config["report"]["dpi"],
+    log:
+        f"{LOGS}/report/downsampling_{{dataset}}_{{model}}.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/downsampling_plot.py"
+
+
+rule compare_to_baseline:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+    output:
+        csv=f"{RESULTS}/stats/{{dataset}}_vs_fp32.csv",
+        md=report(
+            f"{RESULTS}/stats/{{dataset}}_vs_fp32.md",
+            caption="../report/stats.rst",
+            category="{dataset}",
+            subcategory="Tables",
+            labels={"table": "paired comparison with fp32"},
+        ),
+    params:
+        runs_root=f"{RESULTS}/runs",
+        margin=config["report"]["non_inferiority_margin"],
+        n_bootstrap=config["report"]["n_bootstrap"],
+    log:
+        f"{LOGS}/report/stats_{{dataset}}.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/compare_to_baseline.py"
+
+
+rule pareto:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+    output:
+        csv=f"{RESULTS}/pareto/{{dataset}}.csv",
+        md=report(
+            f"{RESULTS}/pareto/{{dataset}}.md",
+            caption="../report/pareto_table.rst",
+            category="{dataset}",
+            subcategory="Tables",
+            labels={"table": "Pareto front"},
+        ),
+        png=report(
+            f"{RESULTS}/figures/pareto_{{dataset}}.png",
+            caption="../report/pareto_plot.rst",
+            category="{dataset}",
+            subcategory="Figures",
+            labels={"figure": "Pareto front"},
+        ),
+        pdf=f"{RESULTS}/figures/pareto_{{dataset}}.pdf",
+    params:
+        dpi=config["report"]["dpi"],
+    log:
+        f"{LOGS}/report/pareto_{{dataset}}.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/pareto.py"
+
+
+rule cpu_deployment:
+    input:
+        metrics=all_metrics(),
+    output:
+        csv=f"{RESULTS}/deployment/cpu_inference.csv",
+        md=report(
+            f"{RESULTS}/deployment/cpu_inference.md",
+            caption="../report/deployment.rst",
+            category="Deployment on CPU",
+            labels={"table": "CPU inference"},
+        ),
+    params:
+        runs=training_runs(),
+        runs_root=f"{RESULTS}/runs",
+        repeats=config["training"]["inference_repeats"],
+    threads: 1
+    log:
+        f"{LOGS}/report/cpu_deployment.log",
+    benchmark:
+        f"{BENCHMARKS}/report/cpu_deployment.tsv"
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/cpu_deployment.py"

@@ -1,0 +1,32 @@
+"""Rule demo_data: generated RSNA (train.csv + DICOMs) and LIDC (pickle) data in the real formats."""
+import logging
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w")
+logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+
+from leanmed.demo import generate_lidc, generate_rsna
+
+demo = snakemake.params.demo
+rsna_dir = Path(snakemake.output.rsna_csv).parent
+images_dir = Path(snakemake.params.images_dir)
+if images_dir != rsna_dir / "train_images":
+    raise ValueError(
+        f"config data.rsna.images_dir ({images_dir}) must be train_images/ beside data.rsna.train_csv "
+        f"({rsna_dir / 'train_images'}) when demo.enabled is true: that is the Kaggle layout the generator writes."
+    )
+frame = generate_rsna(
+    rsna_dir,
+    n_patients=demo["rsna"]["patients"],
+    image_shape=(demo["rsna"]["height"], demo["rsna"]["width"]),
+    seed=demo["seed"],
+)
+logging.info("RSNA: %d images of %d patients in %s", len(frame), frame["patient_id"].nunique(), rsna_dir)
+summary = generate_lidc(
+    snakemake.output.lidc_pickle,
+    n_patients=demo["lidc"]["patients"],
+    patches_per_patient=demo["lidc"]["patches_per_patient"],
+    seed=demo["seed"],
+)
+logging.info("LIDC: %s", summary)
