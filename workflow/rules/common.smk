@@ -210,6 +210,10 @@ def training_threads():
     return config["training"]["threads"]
 
 
+def training_gpus():
+    return config["training"]["gpus_per_job"]
+
+
 # ---------------------------------------------------------------- report
 def final_outputs():
     outputs = [f"{RESULTS}/summary.csv", f"{RESULTS}/deployment/cpu_inference.md"]

@@ -15,7 +15,7 @@ rule train:
         out_dir=run_out_dir,
     threads: training_threads()
     resources:
-        gpu=1,
+        gpu=training_gpus(),
         mem_mb=8000,
     log:
         f"{LOGS}/runs/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.log",

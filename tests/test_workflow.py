@@ -1,0 +1,149 @@
+"""Integration tests: real Snakemake on a tiny generated study (both datasets, two settings, a downsampling run),
+then dry runs that prove which jobs a config change reruns."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workflow_helpers import copy_workflow, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.integration
+
+TINY_STUDY = {
+    "data": {
+        "rsna": {"train_csv": "data/demo/rsna/train.csv", "images_dir": "data/demo/rsna/train_images"},
+        "lidc": {"pickle": "data/demo/lidc/data_lidc.pickle"},
+    },
+    "demo": {
+        "enabled": True,
+        "seed": 3,
+        "rsna": {"patients": 90, "height": 160, "width": 128},
+        "lidc": {"patients": 12, "patches_per_patient": 6},
+    },
+    "dicom": {"shards": 2},
+    "image_size": 32,
+    "datasets": {"rsna": {"models": ["test_resnet"]}, "lidc": {"models": ["mlp_small"]}},
+    "settings": ["fp32", "amp_8bit"],
+    "seeds": [1],
+    "downsampling": {
+        "runs": [{"dataset": "rsna", "model": "test_resnet", "settings": ["fp32"], "scales": [2]}],
+        "mode": "pooled_upsampled",
+    },
+    "training": {
+        "lr": 1.0e-3,
+        "batch_size": 16,
+        "max_epochs": 2,
+        "patience": 2,
+        "num_workers": 0,
+        "threads": 1,
+        "device": "cpu",
+        "gpus_per_job": 0,
+        "inference_repeats": 1,
+    },
+    "report": {"n_bootstrap": 200, "dpi": 80},
+}
+TRAINING_JOBS = 5  # rsna: 2 settings + 1 downsampling run; lidc: 2 settings
+RUN_ARGS = ("--cores", "2", "--configfile", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """A completed tiny study: the workflow copied into a fresh folder and run end to end, with its report."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("study"))
+    write_config(workdir / "tiny.yaml", TINY_STUDY)
+    snakemake(workdir, *RUN_ARGS)
+    snakemake(workdir, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    return workdir
+
+
+def dry_run(workdir, overrides):
+    write_config(workdir / "change.yaml", overrides)
+    return planned_jobs(workdir, "--configfiles", "tiny.yaml", "change.yaml")
+
+
+def assert_not_blank(png_path):
+    pixels = np.asarray(Image.open(png_path).convert("L"), dtype=float)
+    assert pixels.std() > 5, f"{png_path} looks blank"
+
+
+def test_every_output_exists_with_sane_values(tiny_study):
+    results = tiny_study / "results"
+    metrics_files = sorted((results / "runs").glob("*/*/*/s*/seed*/metrics.json"))
+    assert len(metrics_files) == TRAINING_JOBS
+    for path in metrics_files:
+        metrics = json.loads(path.read_text())
+        assert metrics["status"] in {"completed", "diverged"}
+        assert metrics["setting"]["device"] == "cpu"
+        if not metrics["diverged"]:
+            assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+            assert metrics["training"]["epochs_run"] >= 1
+            assert metrics["memory"]["train_peak_bytes"] > 0
+            assert metrics["inference"]["test_set_seconds"] > 0
+        for name in ("epochs.csv", "predictions.csv"):
+            assert (path.parent / name).stat().st_size > 0
+    amp_8bit = json.loads((results / "runs/rsna/test_resnet/amp_8bit/s1/seed1/metrics.json").read_text())
+    assert amp_8bit["setting"]["autocast_dtype"] == "bfloat16"
+    assert "Adam8bit" in amp_8bit["setting"]["optimizer_class"]
+
+    summary = pd.read_csv(results / "summary.csv")
+    assert len(summary) == TRAINING_JOBS
+    split = pd.read_csv(results / "rsna/split.csv", dtype={"subject_id": str})
+    assert split.groupby("subject_id")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}
+    for dataset in ("rsna", "lidc"):
+        table = (results / f"tables/{dataset}.md").read_text()
+        model = TINY_STUDY["datasets"][dataset]["models"][0]
+        assert model in table
+        assert (results / f"tables/{dataset}.tex").read_text().count("\\toprule") == 1
+        assert_not_blank(results / f"figures/radar_{dataset}_{model}.png")
+        assert (results / f"figures/radar_{dataset}_{model}.pdf").stat().st_size > 1000
+    assert_not_blank(results / "figures/downsampling_rsna_test_resnet.png")
+    assert (results / "report.html").stat().st_size > 10_000
+    deployment = pd.read_csv(results / "deployment/cpu_inference.csv")
+    assert len(deployment) == TRAINING_JOBS
+    assert (deployment.filter(like="latency").iloc[:, 0] > 0).all()
+
+
+def test_a_finished_study_plans_nothing(tiny_study):
+    assert planned_jobs(tiny_study, "--configfile", "tiny.yaml") == {}
+
+
+def test_adding_a_seed_reruns_only_the_new_runs_and_the_report(tiny_study):
+    jobs = dry_run(tiny_study, {"seeds": [1, 2]})
+    assert jobs["train"] == TRAINING_JOBS
+    assert jobs["aggregate"] == 1
+    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "rsna_images", "lidc_labels", "split"} & set(jobs)
+
+
+def test_adding_a_setting_reruns_only_its_runs(tiny_study):
+    jobs = dry_run(tiny_study, {"settings": ["fp32", "amp_8bit", "8bit"]})
+    assert jobs["train"] == 2  # one per configured model
+    assert "split" not in jobs
+
+
+def test_adding_a_model_reruns_only_its_runs(tiny_study):
+    jobs = dry_run(tiny_study, {"datasets": {"lidc": {"models": ["mlp_small", "test_vit"]}}})
+    assert jobs["train"] == 2  # test_vit x 2 settings
+    assert jobs["radar_plot"] == 1
+
+
+def test_a_plotting_option_reruns_only_the_report(tiny_study):
+    jobs = dry_run(tiny_study, {"report": {"dpi": 90}})
+    assert jobs, "a dpi change must replot"
+    assert set(jobs) <= {"radar_plot", "downsampling_plot", "pareto", "all"}
+
+
+def test_a_training_option_reruns_every_training_job(tiny_study):
+    jobs = dry_run(tiny_study, {"training": {"lr": 2.0e-3}})
+    assert jobs["train"] == TRAINING_JOBS
+    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
+
+
+def test_min_raters_change_reruns_lidc_only(tiny_study):
+    jobs = dry_run(tiny_study, {"cohort": {"lidc": {"min_raters": 3}}})
+    assert jobs["lidc_labels"] == 1
+    assert jobs["train"] == 2  # the two LIDC runs
+    assert "dicom_to_png" not in jobs
