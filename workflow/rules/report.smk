@@ -99,6 +99,7 @@ rule compare_to_baseline:
             subcategory="Tables",
             labels={"table": "paired comparison with fp32"},
         ),
+        tex=f"{RESULTS}/stats/{{dataset}}_vs_fp32.tex",
     params:
         runs_root=f"{RESULTS}/runs",
         margin=config["report"]["non_inferiority_margin"],
@@ -123,6 +124,7 @@ rule pareto:
             subcategory="Tables",
             labels={"table": "Pareto front"},
         ),
+        tex=f"{RESULTS}/pareto/{{dataset}}.tex",
         png=report(
             f"{RESULTS}/figures/pareto_{{dataset}}.png",
             caption="../report/pareto_plot.rst",
