@@ -2,6 +2,7 @@
 # Rule files stay declarative and call only what is defined here.
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import leanmed
@@ -30,7 +31,17 @@ def check_config():
     The schema checks keys and types; this checks what the schema cannot: model names (registry alias or
     timm name) and that downsampling runs refer to configured datasets.
     """
-    from leanmed.train.models import is_known_model, known_aliases
+    from leanmed.train.models import MODELS, get_model_spec
+
+    def is_known_model(name):
+        try:
+            get_model_spec(name)
+        except KeyError:
+            return False
+        return True
+
+    def known_aliases():
+        return sorted(MODELS)
 
     for dataset, entry in config["datasets"].items():
         for model in entry["models"]:
@@ -175,9 +186,11 @@ TRAINING_CODE_VERSION = training_code_version()
 def rerun_triggers(wildcards):
     """What a training job depends on beyond its own options: the setting's definition in the registry and the
     training code. Passed as params, so a change of either reruns exactly the affected jobs."""
-    from leanmed.train.settings import setting_definition
+    from leanmed.train.settings import get_setting
 
-    return dict(setting_definition=setting_definition(wildcards.setting), code_version=TRAINING_CODE_VERSION)
+    setting = get_setting(wildcards.setting)
+    definition = {name: (dict(value) if isinstance(value, Mapping) else value) for name, value in vars(setting).items()}
+    return dict(setting_definition=definition, code_version=TRAINING_CODE_VERSION)
 
 
 def train_params(wildcards):

@@ -6,7 +6,7 @@ rule demo_data:
         rsna_csv=config["data"]["rsna"]["train_csv"],
         lidc_pickle=config["data"]["lidc"]["pickle"],
     params:
-                images_dir=config["data"]["rsna"]["images_dir"],
+        images_dir=config["data"]["rsna"]["images_dir"],
         demo=config["demo"],
     log:
         f"{LOGS}/demo_data.log",

@@ -154,6 +154,7 @@ rule cpu_deployment:
             category="Deployment on CPU",
             labels={"table": "CPU inference"},
         ),
+        tex=f"{RESULTS}/deployment/cpu_inference.tex",
     params:
         runs=training_runs(),
         runs_root=f"{RESULTS}/runs",

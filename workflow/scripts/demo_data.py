@@ -21,6 +21,8 @@ frame = generate_rsna(
     n_patients=demo["rsna"]["patients"],
     image_shape=(demo["rsna"]["height"], demo["rsna"]["width"]),
     seed=demo["seed"],
+    # Every transfer syntax found in the real RSNA data, plus RLE.
+    transfer_syntaxes=("jpeg2000_lossless", "jpeg_lossless_sv1", "explicit_vr_little", "rle_lossless"),
 )
 logging.info("RSNA: %d images of %d patients in %s", len(frame), frame["patient_id"].nunique(), rsna_dir)
 summary = generate_lidc(

@@ -1,0 +1,98 @@
+"""Deployment on non-specialised hardware: CPU inference of every trained best checkpoint.
+
+The paper's motivation is running critical models on cheap hardware. For each finished run this module loads the
+best-validation checkpoint (``best.pt``) onto the CPU of the machine running it, with float32 weights (a model trained
+with half or bf16 weights is cast up: CPUs run float32 fastest, see docs/measurements.md), and times its forward
+passes over that run's own test images with ``leanmed.train.measure.time_inference``:
+
+- ``per_image_latency_ms``: median over repeats of the mean batch-1 forward time, milliseconds;
+- ``test_set_seconds_batch32``: median over repeats of one pass over the test set in batches of 32, seconds;
+- ``throughput_images_per_s``: test images / ``test_set_seconds_batch32``.
+
+Decoding PNGs is not included (images are loaded first); a warm-up pass precedes the timed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from leanmed.data.images import ImageDataset
+from leanmed.train.measure import device_name, time_inference
+from leanmed.train.models import build_model
+from leanmed.train.settings import resolve
+
+BATCH_SIZE = 32
+
+
+def run_directory(runs_root, run) -> Path:
+    return Path(runs_root) / run["dataset"] / run["model"] / run["setting"] / f"s{run['scale']}" / f"seed{run['seed']}"
+
+
+def load_best_model(checkpoint_path) -> tuple[torch.nn.Module, dict]:
+    """The model of a best checkpoint on the CPU with float32 weights, and the checkpoint's metadata."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    model = build_model(checkpoint["model"], checkpoint["input_size"])
+    state = {name: tensor.float() if tensor.is_floating_point() else tensor
+             for name, tensor in checkpoint["model_state"].items()}
+    model.load_state_dict(state)
+    return model.float().eval(), checkpoint
+
+
+def benchmark_run(run_dir, split_csv, repeats=5, threads=1) -> dict:
+    """CPU inference figures of one run's best checkpoint over its own test images (see the module docstring)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    torch.set_num_threads(threads)
+    model, checkpoint = load_best_model(run_dir / "best.pt")
+    test = ImageDataset(
+        split_csv,
+        "test",
+        scale=metrics["run"]["scale"],
+        downsample_mode=metrics["run"].get("downsample_mode", "pooled_upsampled"),
+        image_size=checkpoint["image_size"],
+    )
+    images = torch.stack([test[index][0] for index in range(len(test))])
+    timing = time_inference(model, images, resolve("fp32", "cpu"), batch_size=BATCH_SIZE, repeats=repeats)
+    return {
+        "per_image_latency_ms": timing["per_image_latency_ms"],
+        "test_set_seconds_batch32": timing["test_set_seconds"],
+        "throughput_images_per_s": timing["n_images"] / timing["test_set_seconds"],
+        "n_test_images": timing["n_images"],
+        "input_size": checkpoint["input_size"],
+        "trained_weight_dtype": metrics["setting"]["weight_dtype"],
+        "deployed_weight_dtype": "float32",
+        "cpu": device_name("cpu"),
+        "threads": threads,
+        "repeats": repeats,
+    }
+
+
+def cpu_deployment_table(runs, runs_root, split_csv_of, repeats=5, threads=1) -> pd.DataFrame:
+    """One row per run in ``runs`` (dicts dataset, model, setting, scale, seed); runs without a best checkpoint are
+    listed with a note, not dropped. ``split_csv_of(dataset)`` gives the split.csv of a dataset."""
+    rows = []
+    for run in runs:
+        row = {key: run[key] for key in ("dataset", "model", "setting", "scale", "seed")}
+        directory = run_directory(runs_root, run)
+        if not (directory / "best.pt").exists():
+            row["note"] = f"no best checkpoint in {directory} (the run diverged before its first epoch or is missing)"
+        else:
+            row.update(benchmark_run(directory, split_csv_of(run["dataset"]), repeats=repeats, threads=threads))
+            row["note"] = ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def deployment_caption(table: pd.DataFrame) -> str:
+    cpus = ", ".join(sorted(set(table.get("cpu", pd.Series(dtype=str)).dropna())))
+    return (
+        f"CPU inference of the best-validation checkpoint of {len(table)} runs on {cpus or 'this machine'} "
+        f"({platform.machine()}), float32 weights, {int(table['threads'].dropna().iloc[0]) if 'threads' in table and table['threads'].notna().any() else 1} "
+        "thread(s). Latency: median over repeats of the mean batch-1 forward time (ms). Throughput: test images per "
+        "second in batches of 32 (median pass). Image decoding excluded; one warm-up pass first."
+    )
