@@ -1,0 +1,266 @@
+"""Sharded DICOM -> PNG conversion of the RSNA cohort, and the merge of the shard manifests.
+
+One Snakemake job converts one shard (`convert_shard`); `merge_manifests` joins the shards into `rsna/images.csv`
+(converted images) and `rsna/excluded.csv` (images that could not be read, with the reason naming the file). See
+docs/architecture.md for the file contracts.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+from PIL import Image
+
+from leanmed.data.dicom import DicomError, preprocess, write_png
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["image_id", "subject_id", "label", "path", "status", "reason"]
+COHORT_COLUMNS = ["image_id", "subject_id", "label", "dicom_path"]
+STATUS_OK = "ok"
+STATUS_EXCLUDED = "excluded"
+CONFIG_KEY = "dicom.max_excluded_fraction"
+_MAX_LISTED = 10  # excluded files named in an error message
+
+
+class ExcludedFractionError(RuntimeError):
+    """More images could not be converted than `dicom.max_excluded_fraction` allows."""
+
+
+def shard_of(image_id: object, n_shards: int) -> int:
+    """Shard (0..n_shards-1) of an image: CRC-32 of its id as text, stable across runs and machines.
+
+    Python's hash() of a str is salted per process, so it would move images between shards from run to run.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be at least 1, not {n_shards}")
+    return zlib.crc32(str(image_id).encode("utf-8")) % n_shards
+
+
+def png_path(out_root: str | os.PathLike, subject_id: str, image_id: str) -> Path:
+    """Where an image's PNG goes: out_root/images/<subject_id>/<image_id>.png."""
+    return Path(out_root) / "images" / str(subject_id) / f"{image_id}.png"
+
+
+def manifest_path_value(out_root: str | os.PathLike, subject_id: str, image_id: str) -> str:
+    """The manifest's `path`: the PNG relative to out_root's parent (the dataset folder, e.g. rsna/), '/'-separated."""
+    return png_path(Path(out_root).name, subject_id, image_id).as_posix()
+
+
+def is_complete_png(path: str | os.PathLike, image_size: int, bits: int) -> bool:
+    """True when `path` is a readable PNG of image_size x image_size pixels at the requested bit depth.
+
+    Used to skip images already converted by an earlier (interrupted) run; a PNG from a run with other settings
+    (size or depth) does not count and is redone.
+    """
+    try:
+        with Image.open(path) as png:
+            if png.format != "PNG" or png.size != (image_size, image_size):
+                return False
+            if png.mode != ("L" if bits == 8 else "I;16"):
+                return False
+            png.verify()  # reads every chunk and checks its CRC
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _convert_one(task: tuple[str, str, int, int, str, bool]) -> tuple[str, str]:
+    """Convert one DICOM to its PNG; (status, reason). Runs in the worker processes, one image at a time."""
+    dicom_file, png_file, image_size, bits, path_mode, flip_to_left = task
+    try:
+        image, _ = preprocess(
+            dicom_file, image_size=image_size, bits=bits, flip_to_left=flip_to_left, path_mode=path_mode
+        )
+        write_png(image, png_file)
+        return STATUS_OK, ""
+    except DicomError as error:
+        return STATUS_EXCLUDED, str(error)
+    except Exception as error:  # an unforeseen failure on one file must not stop the shard; it is reported
+        return STATUS_EXCLUDED, f"{dicom_file}: unexpected {type(error).__name__}: {error}"
+
+
+def read_cohort(cohort_csv: str | os.PathLike) -> pd.DataFrame:
+    """cohort.csv with ids and paths as text (leading zeros and long numeric ids kept) and label as int."""
+    cohort = pd.read_csv(
+        cohort_csv,
+        dtype={"image_id": str, "subject_id": str, "dicom_path": str, "patient_id": str},
+        keep_default_na=False,
+    )
+    missing = [column for column in COHORT_COLUMNS if column not in cohort.columns]
+    if missing:
+        raise ValueError(f"{cohort_csv}: missing column(s) {missing}; cohort.csv needs {COHORT_COLUMNS}")
+    cohort["label"] = cohort["label"].astype(int)
+    return cohort
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # Snakemake `script:` files run their code at module level, unguarded; "spawn" and "forkserver" re-import the
+    # main module in each worker and would re-run the script there. Forking does not, and is available on Linux
+    # and macOS (Windows has only spawn).
+    return multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+
+
+def convert_shard(
+    cohort_csv: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    out_root: str | os.PathLike,
+    shard: int,
+    n_shards: int,
+    image_size: int,
+    bits: int = 8,
+    path_mode: str = "exact",
+    workers: int = 1,
+    flip_to_left: bool = True,
+) -> pd.DataFrame:
+    """Convert the cohort images of one shard to PNGs; return the shard's manifest.
+
+    Images are those with shard_of(image_id, n_shards) == shard, in cohort order. Each PNG is written
+    (atomically) to out_root/images/<subject_id>/<image_id>.png; a complete PNG already there (same size and
+    depth) is kept, so a rerun after a crash only does what is missing. A DICOM that cannot be converted
+    (absent, corrupt, truncated, unsupported) is recorded as status "excluded" with a reason naming the file and
+    never stops the shard. `workers` > 1 converts in that many processes, each holding one image at a time.
+    Manifest columns: image_id, subject_id, label, path (PNG relative to out_root's parent, i.e. rsna/),
+    status (ok|excluded), reason (empty when ok).
+    """
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard must be in 0..{n_shards - 1}, not {shard}")
+    cohort = read_cohort(cohort_csv)
+    in_shard = cohort[cohort["image_id"].map(lambda image_id: shard_of(image_id, n_shards)) == shard]
+    images_dir = Path(images_dir)
+
+    statuses = [STATUS_OK] * len(in_shard)
+    reasons = [""] * len(in_shard)
+    paths = []
+    tasks, task_rows = [], []
+    for row, record in enumerate(in_shard.itertuples(index=False)):
+        target = png_path(out_root, record.subject_id, record.image_id)
+        paths.append(manifest_path_value(out_root, record.subject_id, record.image_id))
+        if is_complete_png(target, image_size, bits):
+            continue
+        source = images_dir / record.dicom_path
+        tasks.append((str(source), str(target), image_size, bits, path_mode, flip_to_left))
+        task_rows.append(row)
+    log.info(
+        "shard %d/%d: %d images, %d already converted, %d to convert with %d worker(s), path_mode=%s",
+        shard,
+        n_shards,
+        len(in_shard),
+        len(in_shard) - len(tasks),
+        len(tasks),
+        workers,
+        path_mode,
+    )
+
+    started = time.perf_counter()
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context()) as pool:
+            results = pool.map(_convert_one, tasks, chunksize=1)
+            _collect(results, task_rows, statuses, reasons, started)
+    else:
+        _collect(map(_convert_one, tasks), task_rows, statuses, reasons, started)
+
+    manifest = pd.DataFrame(
+        {
+            "image_id": in_shard["image_id"].to_numpy(),
+            "subject_id": in_shard["subject_id"].to_numpy(),
+            "label": in_shard["label"].to_numpy(),
+            "path": paths,
+            "status": statuses,
+            "reason": reasons,
+        },
+        columns=MANIFEST_COLUMNS,
+    )
+    manifest.loc[manifest["status"] == STATUS_EXCLUDED, "path"] = ""
+    return manifest
+
+
+def _collect(results: Iterable[tuple[str, str]], task_rows: list[int], statuses: list, reasons: list, started: float):
+    done = 0
+    for row, (status, reason) in zip(task_rows, results):
+        statuses[row], reasons[row] = status, reason
+        if status == STATUS_EXCLUDED:
+            log.warning("excluded: %s", reason)
+        done += 1
+        if done % 100 == 0 or done == len(task_rows):
+            elapsed = time.perf_counter() - started
+            log.info(
+                "converted %d/%d in %.1f s (%.2f images/s)", done, len(task_rows), elapsed, done / max(elapsed, 1e-9)
+            )
+
+
+def _write_csv_atomically(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(temporary, index=False)
+    os.replace(temporary, path)
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """A shard manifest with ids, path and reason as text ('' stays '', not NaN)."""
+    manifest = pd.read_csv(
+        path,
+        dtype={"image_id": str, "subject_id": str, "path": str, "status": str, "reason": str},
+        keep_default_na=False,
+    )
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise ValueError(f"{path}: missing manifest column(s) {missing}")
+    return manifest[MANIFEST_COLUMNS]
+
+
+def merge_manifests(
+    manifest_paths: Iterable[str | os.PathLike],
+    images_csv: str | os.PathLike,
+    excluded_csv: str | os.PathLike,
+    max_excluded_fraction: float = 0.01,
+) -> pd.DataFrame:
+    """Join shard manifests into images.csv (status ok) and excluded.csv (status excluded, with reasons).
+
+    Both files are written first; then, when the excluded share of all images exceeds `max_excluded_fraction`,
+    ExcludedFractionError says how many and which files failed, and names the config key to change. Returns the
+    merged manifest (all rows).
+    """
+    paths = [Path(p) for p in manifest_paths]
+    frames = [read_manifest(path) for path in paths]
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    repeated = merged["image_id"][merged["image_id"].duplicated()].unique().tolist()
+    if repeated:
+        raise ValueError(f"image_id(s) in more than one manifest row: {repeated[:_MAX_LISTED]}")
+    unknown = sorted(set(merged["status"]) - {STATUS_OK, STATUS_EXCLUDED})
+    if unknown:
+        raise ValueError(f"unknown status value(s) {unknown} in manifests (expected ok or excluded)")
+
+    converted = merged[merged["status"] == STATUS_OK]
+    excluded = merged[merged["status"] == STATUS_EXCLUDED]
+    _write_csv_atomically(converted, images_csv)
+    _write_csv_atomically(excluded, excluded_csv)
+    total = len(merged)
+    fraction = len(excluded) / total if total else 0.0
+    log.info(
+        "%d images converted, %d excluded (%.2f%%) from %d manifests",
+        len(converted),
+        len(excluded),
+        100 * fraction,
+        len(paths),
+    )
+    if fraction > max_excluded_fraction:
+        listed = "\n  ".join(excluded["reason"].head(_MAX_LISTED))
+        more = f"\n  ... and {len(excluded) - _MAX_LISTED} more" if len(excluded) > _MAX_LISTED else ""
+        raise ExcludedFractionError(
+            f"{len(excluded)} of {total} images ({100 * fraction:.2f}%) could not be converted, more than "
+            f"{CONFIG_KEY} = {max_excluded_fraction} allows. All are listed with reasons in {excluded_csv}; "
+            f"images.csv was written with the {len(converted)} converted ones. Fix or remove the files, or raise "
+            f"{CONFIG_KEY}.\n  {listed}{more}"
+        )
+    return merged
