@@ -1,0 +1,402 @@
+"""Energy of a training or inference phase, measured by carbontracker, without ever stalling or crashing the job.
+
+What carbontracker 2.4.7 measures, and what this wrapper changes:
+
+- CPU: with Intel RAPL counters readable (``/sys/class/powercap``), the energy of the whole CPU package and DRAM
+  (every process on the machine). Without RAPL it measures nothing: it assumes a constant power, half the TDP of the
+  CPU model it matches in its table (or half the table's average TDP), for as long as the phase runs. ``method``
+  says which case applied and the wattage.
+- GPU (only when the job runs on CUDA): NVML power draw of the GPUs in CUDA_VISIBLE_DEVICES (all GPUs when unset),
+  sampled every ``update_interval_s`` (0.1 s: a stretch without any sample gets the previous stretch's energy
+  from carbontracker, so sampling often keeps short epochs honest; RAPL readings take 1 s each regardless).
+- carbontracker multiplies its energy by a data-centre PUE (1.58); ``energy_kwh`` is the figure divided by it,
+  ``energy_kwh_pue`` the figure as carbontracker reports it.
+- CO2-eq: carbontracker geolocates the machine over the network when constructed (a stall of seconds behind a silent
+  proxy). The lookup is replaced here by a fixed answer: no location (carbontracker then uses its world-average
+  intensity), or the configured ISO country code (its table's intensity for that country).
+- Totals are read from the "actual" block of each log (``parser.parse_all_logs``), summed over the logs in the
+  phase's folder (one per process that ran the phase: a resumed job adds one), never from
+  ``aggregate_consumption``, which can return predicted totals.
+- Every call is guarded: a failure stops measuring, records the reason, and lets the job go on. ``ignore_errors=True``
+  matters: without it carbontracker calls ``sys.exit(70)`` on errors.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import threading
+import time
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+__all__ = ["EnergyMeter", "read_energy_logs", "unmeasured", "prefetch_cpu_info", "ENERGY_KEYS"]
+
+METHOD_FILE = "leanmed_method.json"
+ENERGY_KEYS = ("measured", "energy_kwh", "energy_kwh_pue", "pue", "co2eq_g", "components", "method", "note")
+
+_cpu_info_lock = threading.Lock()
+_cpu_info_cache: dict | None = None
+_cpu_info_thread: threading.Thread | None = None
+
+
+def _carbontracker_version() -> str:
+    try:
+        return importlib.metadata.version("carbontracker")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _load_cpu_info() -> None:
+    global _cpu_info_cache
+    try:
+        import cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+    except Exception:  # carbontracker copes with an empty brand; so do we
+        info = {}
+    with _cpu_info_lock:
+        if _cpu_info_cache is None:
+            _cpu_info_cache = info
+
+
+def prefetch_cpu_info() -> None:
+    """Start reading the CPU model in the background (py-cpuinfo takes about 1 s: it runs a subprocess), so that
+    constructing carbontracker later does not wait for it. Idempotent."""
+    global _cpu_info_thread
+    with _cpu_info_lock:
+        if _cpu_info_cache is not None or _cpu_info_thread is not None:
+            return
+        _cpu_info_thread = threading.Thread(target=_load_cpu_info, name="leanmed-cpuinfo", daemon=True)
+        _cpu_info_thread.start()
+
+
+def _cached_cpu_info() -> dict:
+    """py-cpuinfo's answer, computed once per process."""
+    prefetch_cpu_info()
+    thread = _cpu_info_thread
+    if thread is not None:
+        thread.join()
+    if _cpu_info_cache is None:
+        _load_cpu_info()
+    return dict(_cpu_info_cache or {})
+
+
+def unmeasured(reason: str, components: list[str] | None = None, method: str | None = None) -> dict:
+    """An energy record for a phase that could not be measured: numbers null, the reason in ``note``."""
+    return {
+        "measured": False,
+        "energy_kwh": None,
+        "energy_kwh_pue": None,
+        "pue": None,
+        "co2eq_g": None,
+        "components": components or [],
+        "method": method or f"carbontracker {_carbontracker_version()}",
+        "note": reason,
+    }
+
+
+def read_energy_logs(log_dir: str | Path) -> dict:
+    """Sum the "actual" blocks of all carbontracker logs in ``log_dir``.
+
+    Returns {"n_logs", "n_with_actual", "energy_kwh_pue", "co2eq_g", "duration_s"}; energies are None when no log
+    holds an actual block. Raises what carbontracker's parser raises (callers guard it).
+    """
+    from carbontracker import parser
+
+    log_dir = Path(log_dir)
+    entries = parser.parse_all_logs(str(log_dir)) if log_dir.is_dir() else []
+    actual_blocks = [entry["actual"] for entry in entries if entry.get("actual")]
+    usable = [block for block in actual_blocks if block.get("energy (kWh)") is not None]
+    return {
+        "n_logs": len(entries),
+        "n_with_actual": len(usable),
+        "energy_kwh_pue": sum(block["energy (kWh)"] for block in usable) if usable else None,
+        "co2eq_g": sum(block["co2eq (g)"] for block in usable if block.get("co2eq (g)") is not None)
+        if usable else None,
+        "duration_s": sum(block.get("duration (s)") or 0.0 for block in usable) if usable else None,
+    }
+
+
+class EnergyMeter:
+    """carbontracker around one phase (its "epochs" are the phase's epochs, or one block for inference).
+
+    Use: ``epoch_start()`` / ``epoch_end()`` around each measured stretch, ``finish()`` at the end (also after an
+    interruption), then ``result(divide_by=1)``. Nothing here raises; problems end up in ``result()["note"]``.
+    The tracker is built at the first ``epoch_start`` (``construct_seconds`` records how long that took).
+    """
+
+    def __init__(
+        self,
+        phase: str,
+        log_dir: str | Path,
+        device: str | torch.device,
+        enabled: bool = True,
+        epochs: int = 1,
+        update_interval_s: float = 0.1,
+        country: str | None = None,
+    ):
+        self.phase = phase
+        self.log_dir = Path(log_dir)
+        self.device = torch.device(device)
+        self.enabled = enabled
+        self.epochs = max(int(epochs), 1)
+        self.update_interval_s = update_interval_s
+        self.country = country.upper() if country else None
+        self.components = ["cpu", "gpu"] if self.device.type == "cuda" and torch.cuda.is_available() else ["cpu"]
+        self.problems: list[str] = []
+        self.construct_seconds: float | None = None
+        self.stop_seconds: float | None = None
+        self.epochs_started = 0
+        self.epochs_without_power_sample = 0
+        self._tracker = None
+        self._loggers: list[logging.Logger] = []
+        self._method_parts: list[str] = []
+        self._finished = False
+        if enabled:
+            prefetch_cpu_info()
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def _fixed_location(self, service):
+        """Stands in for carbontracker's network geolocation: the configured country, or "unknown"."""
+        if self.country is None:
+            return None
+        from carbontracker.emissions.intensity.location import Location
+
+        return Location(ok=True, address=f"configured country {self.country}", country=self.country)
+
+    def _construct(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            from carbontracker.components.cpu import generic as generic_cpu
+            from carbontracker.emissions.intensity import intensity
+            from carbontracker.tracker import CarbonTracker
+
+            meter = self
+            with ExitStack() as patches:
+                patches.enter_context(mock.patch.object(
+                    intensity.IntensityService, "_fetch_geo_location", lambda service: meter._fixed_location(service)
+                ))
+                patches.enter_context(mock.patch.object(generic_cpu.cpuinfo, "get_cpu_info", _cached_cpu_info))
+                tracker = CarbonTracker(
+                    epochs=self.epochs,
+                    epochs_before_pred=0,  # no predictions: only the actual figures are wanted
+                    monitor_epochs=-1,
+                    update_interval=self.update_interval_s,
+                    # carbontracker's own parser finds the actual block only when the "equivalent to" lines
+                    # follow it (its regex needs them to consume the line break): keep interpretable=True.
+                    interpretable=True,
+                    ignore_errors=True,  # otherwise errors end the process with sys.exit(70)
+                    components=",".join(self.components),
+                    devices_by_pid=False,  # by-pid lookup finds no GPU inside containers without --pid=host
+                    log_dir=str(self.log_dir),
+                    log_file_prefix=self.phase,
+                    verbose=0,
+                    decimal_precision=15,
+                )
+            if getattr(tracker, "deleted", True) or not hasattr(tracker, "tracker"):
+                self.problems.append("carbontracker stopped itself during construction (see its _err.log)")
+            else:
+                self._tracker = tracker
+                logger = tracker.logger
+                self._loggers = [logger.logger, logger.logger_output, logger.logger_err]
+        except BaseException as error:  # SystemExit included: carbontracker may call sys.exit
+            self.problems.append(f"carbontracker construction failed: {type(error).__name__}: {error}")
+            self._tracker = None
+        finally:
+            self.construct_seconds = time.perf_counter() - started
+
+    # -- phase control ------------------------------------------------------------------------------------------
+    def epoch_start(self) -> None:
+        if not self.enabled or self._finished:
+            return
+        if self._tracker is None and self.construct_seconds is None:
+            self._construct()
+        if self._tracker is None or self._tracker.deleted:
+            return
+        try:
+            self._tracker.epoch_start()
+            self.epochs_started += 1
+        except BaseException as error:
+            self._fail("epoch_start", error)
+
+    def epoch_end(self) -> None:
+        if self._tracker is None or self._tracker.deleted or self._finished:
+            return
+        try:
+            self._note_power_samples()
+            if not self._method_parts:
+                self._describe_components()
+            # carbontracker deletes itself after its last epoch (epochs = max_epochs), hence describing first.
+            self._tracker.epoch_end()
+        except BaseException as error:
+            self._fail("epoch_end", error)
+
+    def _note_power_samples(self) -> None:
+        """Count epochs in which carbontracker's sampler took no power reading (a stretch shorter than its cycle)."""
+        components = self._tracker.tracker.components
+        epoch = self._tracker.tracker.epoch_counter
+        for component in components:
+            usages = component.power_usages
+            if len(usages) < epoch or not usages[epoch - 1]:
+                self.epochs_without_power_sample += 1
+                return
+
+    def _describe_components(self) -> None:
+        """Record what each measured component really is (RAPL, constant power, NVML) for ``method``."""
+        parts = []
+        for component in self._tracker.tracker.components:
+            handler = component._handler
+            handler_name = type(handler).__name__
+            try:
+                devices = ", ".join(handler.devices())
+            except Exception:
+                devices = "?"
+            if handler_name == "GenericCPU":
+                parts.append(
+                    f"CPU '{devices}': no RAPL counters, so a constant power of {float(handler.tdp):.1f} W is assumed "
+                    "(carbontracker's table TDP / 2 for the matched model, or the table's average TDP / 2); "
+                    "energy = that power x phase time"
+                )
+            elif handler_name == "IntelCPU":
+                parts.append(f"CPU: RAPL energy counters ({devices}), whole package and DRAM, all processes")
+            elif handler_name == "NvidiaGPU":
+                parts.append(f"GPU: NVML power draw of {devices}, sampled every {self.update_interval_s} s")
+            else:
+                parts.append(f"{component.name.upper()}: {handler_name} ({devices})")
+        self._method_parts = parts
+
+    def finish(self) -> None:
+        """Stop measuring and write carbontracker's actual totals to its log. Safe to call more than once."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._tracker is None:
+            return
+        started = time.perf_counter()
+        try:
+            if not self._tracker.deleted:
+                if not self._method_parts:
+                    self._describe_components()
+                self._tracker.stop()
+        except BaseException as error:
+            self._fail("stop", error)
+        finally:
+            self.stop_seconds = time.perf_counter() - started
+            self._close_log_files()
+            self._save_method()
+
+    def _save_method(self) -> None:
+        """Keep the description next to the logs, for a resumed job whose last process measured nothing itself."""
+        if self._method_parts:
+            try:
+                (self.log_dir / METHOD_FILE).write_text(json.dumps(self._method_parts))
+            except OSError as error:
+                self.problems.append(f"could not save the method description: {error}")
+
+    def _load_method(self) -> None:
+        path = self.log_dir / METHOD_FILE
+        if not self._method_parts and path.is_file():
+            try:
+                self._method_parts = list(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                pass
+
+    def _fail(self, step: str, error: BaseException) -> None:
+        self.problems.append(f"carbontracker {step} failed: {type(error).__name__}: {error}")
+        try:
+            if self._tracker is not None and not self._tracker.deleted:
+                self._tracker._delete()
+        except BaseException:
+            self.problems.append("carbontracker could not be stopped cleanly: " + traceback.format_exc(limit=1))
+
+    def _close_log_files(self) -> None:
+        """carbontracker never closes its log handlers; close them so that jobs do not leak file descriptors."""
+        for logger in self._loggers:
+            for handler in list(logger.handlers):
+                try:
+                    handler.close()
+                finally:
+                    logger.removeHandler(handler)
+        self._loggers = []
+
+    # -- results ------------------------------------------------------------------------------------------------
+    def method(self) -> str:
+        self._load_method()
+        text = f"carbontracker {_carbontracker_version()}"
+        if self._method_parts:
+            text += "; " + "; ".join(self._method_parts)
+        return text
+
+    def result(self, divide_by: int = 1, what: str | None = None) -> dict:
+        """The energy record of the phase (ENERGY_KEYS plus details), from all logs in ``log_dir``.
+
+        ``divide_by`` splits the totals over that many equal repetitions (e.g. timed test-set passes), and ``what``
+        says what one share is, for the note.
+        """
+        self.finish()
+        if not self.enabled:
+            return unmeasured("energy measurement switched off in the configuration", self.components)
+        try:
+            totals = read_energy_logs(self.log_dir)
+        except Exception as error:
+            return unmeasured(
+                f"carbontracker logs could not be read: {type(error).__name__}: {error}. "
+                + " ".join(self.problems),
+                self.components,
+                self.method(),
+            )
+        if totals["energy_kwh_pue"] is None:
+            reason = "no carbontracker log with an actual-consumption block"
+            if self.problems:
+                reason += ": " + " ".join(self.problems)
+            return unmeasured(reason, self.components, self.method())
+
+        from carbontracker import constants
+
+        pue = float(constants.PUE_2023)
+        energy_kwh_pue = totals["energy_kwh_pue"] / divide_by
+        co2eq_g = totals["co2eq_g"] / divide_by if totals["co2eq_g"] is not None else None
+        notes = []
+        if what:
+            notes.append(f"figures are per {what} (totals divided by {divide_by})")
+        if totals["n_logs"] > 1:
+            notes.append(f"summed over {totals['n_with_actual']} process segments (resumed job)")
+        if totals["n_with_actual"] < totals["n_logs"]:
+            notes.append(
+                f"{totals['n_logs'] - totals['n_with_actual']} segment(s) ended without a total (killed): "
+                "their energy is missing, so the figure is a lower bound"
+            )
+        if self.epochs_without_power_sample:
+            notes.append(
+                f"{self.epochs_without_power_sample} of {self.epochs_started} measured stretches got no power "
+                f"sample (shorter than the {self.update_interval_s} s sampling interval); carbontracker gives such a "
+                "stretch the energy of the stretch before it, so the total can be overestimated"
+            )
+        intensity = co2eq_g / energy_kwh_pue if (co2eq_g is not None and energy_kwh_pue) else None
+        if intensity is not None:
+            source = (
+                f"carbontracker's table value for {self.country}" if self.country
+                else "carbontracker's world average (network geolocation disabled)"
+            )
+            notes.append(f"CO2eq at {intensity:.1f} gCO2eq/kWh: {source}")
+        notes.extend(self.problems)
+        return {
+            "measured": True,
+            "energy_kwh": energy_kwh_pue / pue,
+            "energy_kwh_pue": energy_kwh_pue,
+            "pue": pue,
+            "co2eq_g": co2eq_g,
+            "components": list(self.components),
+            "method": self.method(),
+            "note": "; ".join(notes) if notes else None,
+            "carbon_intensity_g_per_kwh": intensity,
+            "tracker_construct_seconds": self.construct_seconds,
+            "tracker_stop_seconds": self.stop_seconds,
+        }
