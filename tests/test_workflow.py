@@ -1,7 +1,6 @@
 """Integration tests: real Snakemake on a tiny generated study (both datasets, two settings, a downsampling run),
 then dry runs that prove which jobs a config change reruns."""
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles", "envs")
 
 
 def copy_workflow(destination):

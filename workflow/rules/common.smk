@@ -2,10 +2,10 @@
 # Rule files stay declarative and call only what is defined here.
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import leanmed
+from leanmed.train.registry import MODELS, is_known_model, setting_definition
 from snakemake.exceptions import WorkflowError
 
 RESULTS = "results"
@@ -31,24 +31,12 @@ def check_config():
     The schema checks keys and types; this checks what the schema cannot: model names (registry alias or
     timm name) and that downsampling runs refer to configured datasets.
     """
-    from leanmed.train.models import MODELS, get_model_spec
-
-    def is_known_model(name):
-        try:
-            get_model_spec(name)
-        except KeyError:
-            return False
-        return True
-
-    def known_aliases():
-        return sorted(MODELS)
-
     for dataset, entry in config["datasets"].items():
         for model in entry["models"]:
             if not is_known_model(model):
                 raise WorkflowError(
                     f"config key datasets.{dataset}.models: unknown model {model!r}. "
-                    f"Use a leanmed alias ({', '.join(known_aliases())}) or a timm model name "
+                    f"Use a leanmed alias ({', '.join(MODELS)}) or a timm model name "
                     "(timm.list_models())."
                 )
     for index, run in enumerate(config["downsampling"]["runs"]):
@@ -60,7 +48,7 @@ def check_config():
         if not is_known_model(run["model"]):
             raise WorkflowError(
                 f"config key downsampling.runs[{index}].model: unknown model {run['model']!r}. "
-                f"Use a leanmed alias ({', '.join(known_aliases())}) or a timm model name."
+                f"Use a leanmed alias ({', '.join(MODELS)}) or a timm model name."
             )
     fractions = config["split"]["fractions"]
     if abs(sum(fractions) - 1.0) > 1e-6:
@@ -186,11 +174,7 @@ TRAINING_CODE_VERSION = training_code_version()
 def rerun_triggers(wildcards):
     """What a training job depends on beyond its own options: the setting's definition in the registry and the
     training code. Passed as params, so a change of either reruns exactly the affected jobs."""
-    from leanmed.train.settings import get_setting
-
-    setting = get_setting(wildcards.setting)
-    definition = {name: (dict(value) if isinstance(value, Mapping) else value) for name, value in vars(setting).items()}
-    return dict(setting_definition=definition, code_version=TRAINING_CODE_VERSION)
+    return dict(setting_definition=setting_definition(wildcards.setting), code_version=TRAINING_CODE_VERSION)
 
 
 def train_params(wildcards):

@@ -15,14 +15,14 @@ import contextlib
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Mapping
 
 import timm
 import torch
 from torch import nn
+
+from leanmed.train.registry import MODELS, ModelSpec, get_model_spec
 
 __all__ = [
     "ModelSpec",
@@ -37,66 +37,6 @@ __all__ = [
 
 HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One registry entry.
-
-    kind: "timm" (built by ``timm.create_model(timm_name, **timm_kwargs)``) or "mlp" (the ``MLP`` below).
-    timm_kwargs: extra keyword arguments for timm (e.g. ``dynamic_img_size=True`` so a ViT accepts any input size).
-    pass_img_size: give timm ``img_size=image_size`` (models whose layers are sized for the input, e.g. Swin).
-    hidden: hidden layer widths of an MLP.
-    paper_parameters_millions: parameter count the paper reports (1 input channel, 1 output), for checks.
-    """
-
-    alias: str
-    kind: str
-    description: str
-    timm_name: str | None = None
-    timm_kwargs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
-    pass_img_size: bool = False
-    hidden: tuple[int, ...] = ()
-    paper_parameters_millions: float | None = None
-
-
-def _frozen(**kwargs) -> Mapping[str, object]:
-    return MappingProxyType(dict(kwargs))
-
-
-MODELS: Mapping[str, ModelSpec] = MappingProxyType(
-    {
-        spec.alias: spec
-        for spec in (
-            ModelSpec(
-                "densenet121", "timm", "DenseNet-121 (the paper's DenseNet)", "densenet121",
-                paper_parameters_millions=6.9,
-            ),
-            ModelSpec(
-                "efficientnetv2_rw_m", "timm", "EfficientNetV2-M, timm's variant (the paper's EfficientNet)",
-                "efficientnetv2_rw_m", paper_parameters_millions=51.1,
-            ),
-            ModelSpec(
-                "swinv2_base_window8_256", "timm", "Swin Transformer V2 base, window 8 (the paper's Swin)",
-                "swinv2_base_window8_256", _frozen(strict_img_size=False), pass_img_size=True,
-                paper_parameters_millions=86.9,
-            ),
-            ModelSpec(
-                "vit_base_patch32_plus_256", "timm", "ViT-B/32+ at 256 (the paper's ViT)", "vit_base_patch32_plus_256",
-                _frozen(dynamic_img_size=True), paper_parameters_millions=116.7,
-            ),
-            ModelSpec(
-                "mlp", "mlp", "MLP on the flattened image, hidden 128-64-32-16, ReLU (the paper's MLP)",
-                hidden=(128, 64, 32, 16), paper_parameters_millions=8.4,
-            ),
-            ModelSpec("test_resnet", "timm", "timm's tiny test ResNet (tests, demo)", "test_resnet"),
-            ModelSpec("test_vit", "timm", "timm's tiny test ViT (tests, demo)", "test_vit",
-                      _frozen(dynamic_img_size=True)),
-            ModelSpec("test_efficientnet", "timm", "timm's tiny test EfficientNet (tests, demo)", "test_efficientnet"),
-            ModelSpec("mlp_small", "mlp", "small MLP, hidden 64-32, ReLU (tests, demo)", hidden=(64, 32)),
-        )
-    }
-)
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -118,15 +58,6 @@ class MLP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.layers(images)
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    """Registry entry of ``name``; any other timm model name gets a plain timm entry (no extra kwargs)."""
-    if name in MODELS:
-        return MODELS[name]
-    if timm.is_model(name):
-        return ModelSpec(name, "timm", f"timm model {name}", name)
-    raise KeyError(f"unknown model {name!r}: not a registry alias ({sorted(MODELS)}) nor a timm model name")
 
 
 def _timm_kwargs(spec: ModelSpec, image_size: int, overrides: Mapping[str, object]) -> dict:

@@ -21,6 +21,8 @@ from typing import Iterable, Mapping
 
 import torch
 
+from leanmed.train.registry import PAPER_SETTINGS, SETTINGS, Setting, get_setting
+
 __all__ = [
     "Setting",
     "ResolvedSetting",
@@ -48,61 +50,6 @@ OPTIMIZER_CLASSES: Mapping[str, str] = MappingProxyType(
 )
 _OPTIMIZER_STATE_BITS = {"adam": 32, "adam8bit": 8, "paged_adam8bit": 8}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One training setting.
-
-    paper_flags: the paper's three switches {"8bit", "amp", "half"}.
-    weight_dtype: dtype of the model's parameters (and of its inputs): "float32", "float16" or "bfloat16".
-    autocast: whether forward passes run under torch.autocast.
-    autocast_dtype: "device" (float16 on CUDA, bfloat16 on CPU: the paper's AMP) or a fixed "bfloat16"/"float16".
-    optimizer: "adam" (torch.optim.Adam), "adam8bit" (bitsandbytes Adam8bit) or "paged_adam8bit" (PagedAdam8bit).
-    """
-
-    name: str
-    description: str
-    paper_flags: Mapping[str, bool]
-    weight_dtype: str = "float32"
-    autocast: bool = False
-    autocast_dtype: str = "device"
-    optimizer: str = "adam"
-    in_paper: bool = False
-
-
-def _flags(eight_bit: bool, amp: bool, half: bool) -> Mapping[str, bool]:
-    return MappingProxyType({"8bit": eight_bit, "amp": amp, "half": half})
-
-
-SETTINGS: Mapping[str, Setting] = MappingProxyType(
-    {
-        setting.name: setting
-        for setting in (
-            Setting("fp32", "baseline: float32 weights and compute, torch Adam", _flags(False, False, False),
-                    in_paper=True),
-            Setting("amp", "automatic mixed precision (float16 autocast + GradScaler on CUDA), torch Adam",
-                    _flags(False, True, False), autocast=True, in_paper=True),
-            Setting("8bit", "float32 weights, bitsandbytes 8-bit Adam", _flags(True, False, False),
-                    optimizer="adam8bit", in_paper=True),
-            Setting("amp_8bit", "automatic mixed precision and bitsandbytes 8-bit Adam", _flags(True, True, False),
-                    autocast=True, optimizer="adam8bit", in_paper=True),
-            Setting("half_8bit", "float16 weights and compute, bitsandbytes 8-bit Adam", _flags(True, False, True),
-                    weight_dtype="float16", optimizer="adam8bit", in_paper=True),
-            Setting("bf16_mixed", "bfloat16 autocast on every device (no scaler), float32 weights, torch Adam",
-                    _flags(False, True, False), autocast=True, autocast_dtype="bfloat16"),
-            Setting("bf16_true", "bfloat16 weights and compute, torch Adam", _flags(False, False, True),
-                    weight_dtype="bfloat16"),
-            Setting("half", "float16 weights and compute with torch Adam: the combination the paper found unstable "
-                    "(Adam's eps=1e-8 is 0 in float16, so zero-gradient entries become 0/0 = NaN)",
-                    _flags(False, False, True), weight_dtype="float16"),
-            Setting("paged_8bit", "float32 weights, bitsandbytes paged 8-bit Adam (state in paged memory on CUDA)",
-                    _flags(True, False, False), optimizer="paged_adam8bit"),
-        )
-    }
-)
-
-PAPER_SETTINGS: tuple[str, ...] = tuple(name for name, setting in SETTINGS.items() if setting.in_paper)
 
 
 @dataclass(frozen=True)
@@ -158,13 +105,6 @@ class ResolvedSetting:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def get_setting(name: str) -> Setting:
-    try:
-        return SETTINGS[name]
-    except KeyError:
-        raise KeyError(f"unknown setting {name!r}; known: {sorted(SETTINGS)}") from None
 
 
 def resolve_device(device: str = "auto") -> str:
