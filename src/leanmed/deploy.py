@@ -43,8 +43,11 @@ def load_best_model(checkpoint_path) -> tuple[torch.nn.Module, dict]:
     return model.float().eval(), checkpoint
 
 
-def benchmark_run(run_dir, split_csv, repeats=5, threads=1) -> dict:
-    """CPU inference figures of one run's best checkpoint over its own test images (see the module docstring)."""
+def benchmark_run(run_dir, split_csv, repeats=5, threads=1, max_images=256) -> dict:
+    """CPU inference figures of one run's best checkpoint over its own test images (see the module docstring).
+
+    At most ``max_images`` test images (the first ones of split.csv) are timed: latency and throughput do not depend
+    on which images, and the full RSNA test set would take many minutes per large model on a CPU."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     torch.set_num_threads(threads)
@@ -56,7 +59,7 @@ def benchmark_run(run_dir, split_csv, repeats=5, threads=1) -> dict:
         downsample_mode=metrics["run"].get("downsample_mode", "pooled_upsampled"),
         image_size=checkpoint["image_size"],
     )
-    images = torch.stack([test[index][0] for index in range(len(test))])
+    images = torch.stack([test[index][0] for index in range(min(len(test), max_images))])
     timing = time_inference(model, images, resolve("fp32", "cpu"), batch_size=BATCH_SIZE, repeats=repeats)
     return {
         "per_image_latency_ms": timing["per_image_latency_ms"],
@@ -72,27 +75,31 @@ def benchmark_run(run_dir, split_csv, repeats=5, threads=1) -> dict:
     }
 
 
-def cpu_deployment_table(runs, runs_root, split_csv_of, repeats=5, threads=1) -> pd.DataFrame:
-    """One row per run in ``runs`` (dicts dataset, model, setting, scale, seed); runs without a best checkpoint are
-    listed with a note, not dropped. ``split_csv_of(dataset)`` gives the split.csv of a dataset."""
-    rows = []
-    for run in runs:
-        row = {key: run[key] for key in ("dataset", "model", "setting", "scale", "seed")}
-        directory = run_directory(runs_root, run)
-        if not (directory / "best.pt").exists():
-            row["note"] = f"no best checkpoint in {directory} (the run diverged before its first epoch or is missing)"
-        else:
-            row.update(benchmark_run(directory, split_csv_of(run["dataset"]), repeats=repeats, threads=threads))
-            row["note"] = ""
-        rows.append(row)
-    return pd.DataFrame(rows)
+def deployment_record(run, runs_root, split_csv, repeats=5, threads=1, max_images=256) -> dict:
+    """One run's CPU deployment figures, or a note saying why there are none (no best checkpoint)."""
+    record = {key: run[key] for key in ("dataset", "model", "setting", "scale", "seed")}
+    directory = run_directory(runs_root, run)
+    if not (directory / "best.pt").exists():
+        record["note"] = f"no best checkpoint in {directory} (the run diverged before its first epoch)"
+        return record
+    record.update(benchmark_run(directory, split_csv, repeats=repeats, threads=threads, max_images=max_images))
+    record["note"] = ""
+    return record
+
+
+def deployment_table(record_paths) -> pd.DataFrame:
+    """The per-run records (JSON files written by ``deployment_record``) as one table, in the given order."""
+    return pd.DataFrame([json.loads(Path(path).read_text()) for path in record_paths])
 
 
 def deployment_caption(table: pd.DataFrame) -> str:
     cpus = ", ".join(sorted(set(table.get("cpu", pd.Series(dtype=str)).dropna())))
+    threads = sorted({int(value) for value in table.get("threads", pd.Series(dtype=float)).dropna()})
+    images = sorted({int(value) for value in table.get("n_test_images", pd.Series(dtype=float)).dropna()})
     return (
         f"CPU inference of the best-validation checkpoint of {len(table)} runs on {cpus or 'this machine'} "
-        f"({platform.machine()}), float32 weights, {int(table['threads'].dropna().iloc[0]) if 'threads' in table and table['threads'].notna().any() else 1} "
-        "thread(s). Latency: median over repeats of the mean batch-1 forward time (ms). Throughput: test images per "
-        "second in batches of 32 (median pass). Image decoding excluded; one warm-up pass first."
+        f"({platform.machine()}), float32 weights, {'/'.join(map(str, threads)) or 'n/a'} thread(s), "
+        f"{'/'.join(map(str, images)) or 'n/a'} test images per run. Latency: median over repeats of the mean batch-1 "
+        "forward time (ms). Throughput: images per second in batches of 32 (median pass). Image decoding excluded; "
+        "one warm-up pass first. Runs without a best checkpoint are listed with a note."
     )

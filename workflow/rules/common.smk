@@ -142,6 +142,11 @@ def all_metrics():
     return [f"{run_dir(run)}/metrics.json" for run in training_runs()]
 
 
+def all_deployment_records():
+    return [f"{RESULTS}/deployment/runs/{run['dataset']}/{run['model']}/{run['setting']}/s{run['scale']}/seed{run['seed']}.json"
+            for run in training_runs()]
+
+
 def models_of(dataset):
     return config["datasets"][dataset]["models"]
 

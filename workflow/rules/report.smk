@@ -143,9 +143,30 @@ rule pareto:
         "../scripts/pareto.py"
 
 
+rule cpu_deployment_run:
+    input:
+        metrics=f"{RUN_DIR}/metrics.json",
+        split=f"{RESULTS}/{{dataset}}/split.csv",
+    output:
+        record=f"{RESULTS}/deployment/runs/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.json",
+    params:
+        runs_root=f"{RESULTS}/runs",
+        repeats=config["deployment"]["repeats"],
+        max_images=config["deployment"]["max_images"],
+    threads: config["deployment"]["threads"]
+    log:
+        f"{LOGS}/deployment/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/deployment/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.tsv"
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/cpu_deployment_run.py"
+
+
 rule cpu_deployment:
     input:
-        metrics=all_metrics(),
+        records=all_deployment_records(),
     output:
         csv=f"{RESULTS}/deployment/cpu_inference.csv",
         md=report(
@@ -155,15 +176,8 @@ rule cpu_deployment:
             labels={"table": "CPU inference"},
         ),
         tex=f"{RESULTS}/deployment/cpu_inference.tex",
-    params:
-        runs=training_runs(),
-        runs_root=f"{RESULTS}/runs",
-        repeats=config["training"]["inference_repeats"],
-    threads: 1
     log:
         f"{LOGS}/report/cpu_deployment.log",
-    benchmark:
-        f"{BENCHMARKS}/report/cpu_deployment.tsv"
     conda:
         "../../envs/leanmed.yaml"
     script:

@@ -1,0 +1,56 @@
+"""CPU deployment figures of a trained checkpoint: real timing of a real (tiny) trained model."""
+import json
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from leanmed.deploy import deployment_caption, deployment_record, deployment_table
+from leanmed.train.loop import TrainConfig, run
+
+
+def make_split(root, n_per_split=8, size=16):
+    """A tiny split.csv whose positives carry a bright square."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split in ("train", "val", "test"):
+        for index in range(n_per_split):
+            label = index % 2
+            pixels = rng.integers(0, 60, size=(size, size), dtype=np.uint8)
+            if label:
+                pixels[4:10, 4:10] = 250
+            path = f"png/{split}_{index}.png"
+            (root / "png").mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(root / path)
+            rows.append(dict(image_id=f"{split}{index}", subject_id=f"{split}{index}", label=label, path=path, split=split))
+    pd.DataFrame(rows).to_csv(root / "split.csv", index=False)
+    return root / "split.csv"
+
+
+def test_deployment_record_times_the_trained_checkpoint_on_cpu(tmp_path):
+    split_csv = make_split(tmp_path)
+    runs_root = tmp_path / "runs"
+    run_spec = dict(dataset="toy", model="mlp_small", setting="half_8bit", scale=1, seed=1)
+    out_dir = runs_root / "toy/mlp_small/half_8bit/s1/seed1"
+    run(TrainConfig(split_csv=str(split_csv), out_dir=str(out_dir), image_size=16, max_epochs=2, energy=False,
+                    inference_repeats=1, lr=1e-3, **run_spec))
+    record = deployment_record(run_spec, runs_root, split_csv, repeats=2, max_images=5)
+    assert record["note"] == ""
+    assert record["n_test_images"] == 5
+    assert record["per_image_latency_ms"] > 0
+    assert record["throughput_images_per_s"] > 0
+    assert record["trained_weight_dtype"] == "float16"
+    assert record["deployed_weight_dtype"] == "float32"
+
+    missing = deployment_record(dict(run_spec, seed=2), runs_root, split_csv)
+    assert "no best checkpoint" in missing["note"]
+
+    paths = []
+    for index, item in enumerate((record, missing)):
+        path = tmp_path / f"record{index}.json"
+        path.write_text(json.dumps(item))
+        paths.append(path)
+    table = deployment_table(paths)
+    assert list(table["seed"]) == [1, 2]
+    caption = deployment_caption(table)
+    assert "float32" in caption and "2 runs" in caption
