@@ -38,3 +38,18 @@ def test_readme_quick_start_is_the_two_make_commands_ci_runs():
     commands = re.findall(r"^make (\w+)", quick_start, flags=re.MULTILINE)
     assert commands == ["demo", "test"]
     assert "make test" in (REPO / ".ci/run").read_text()
+
+
+def test_measurement_docs_define_every_metric():
+    from leanmed.train.loop import DEFINITIONS
+
+    documentation = (REPO / "docs/measurements.md").read_text()
+    missing = [key for key in DEFINITIONS if f"`{key}`" not in documentation]
+    assert not missing, f"docs/measurements.md does not define {missing}"
+
+
+def test_settings_schema_lists_exactly_the_registry():
+    from leanmed.train.registry import SETTINGS
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["$defs"]["setting"]["enum"] == list(SETTINGS)
