@@ -16,12 +16,23 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model=r"[A-Za-z0-9_.\-]+",
+    setting=r"[A-Za-z0-9_]+",
+    scale=r"\d+",
+    seed=r"\d+",
+    shard=r"\d+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

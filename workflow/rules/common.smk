@@ -1,4 +1,4 @@
-# Helpers for the rule files: the job list, paths, parameters and config checks.
+# Helpers for the rule files (the job list, paths, parameters and config checks).
 # Rule files stay declarative and call only what is defined here.
 import hashlib
 import json
@@ -13,15 +13,6 @@ LOGS = "logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 DATASETS = list(config["datasets"])
 PACKAGE_DIR = Path(leanmed.__file__).parent
-
-
-wildcard_constraints:
-    dataset="|".join(DATASETS),
-    model=r"[A-Za-z0-9_.\-]+",
-    setting=r"[A-Za-z0-9_]+",
-    scale=r"\d+",
-    seed=r"\d+",
-    shard=r"\d+",
 
 
 # ---------------------------------------------------------------- config checks
@@ -127,11 +118,22 @@ def training_runs():
     return runs
 
 
-RUN_DIR = RESULTS + "/runs/{dataset}/{model}/{setting}/s{scale}/seed{seed}"
+RUNS_ROOT = f"{RESULTS}/runs"
+RUN_DIR = f"{RUNS_ROOT}/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}"
 
 
 def run_dir(run):
     return RUN_DIR.format(**run)
+
+
+def runs_root(wildcards):
+    """Folder holding every run folder (the report rules read predictions.csv and checkpoints from it)."""
+    return RUNS_ROOT
+
+
+def folder_of_output(wildcards, output):
+    """Folder of a rule's first output: where it writes files it does not declare (PNG images)."""
+    return str(Path(output[0]).parent)
 
 
 def run_out_dir(wildcards):
@@ -143,8 +145,10 @@ def all_metrics():
 
 
 def all_deployment_records():
-    return [f"{RESULTS}/deployment/runs/{run['dataset']}/{run['model']}/{run['setting']}/s{run['scale']}/seed{run['seed']}.json"
-            for run in training_runs()]
+    return [
+        f"{RESULTS}/deployment/runs/{run['dataset']}/{run['model']}/{run['setting']}/s{run['scale']}/seed{run['seed']}.json"
+        for run in training_runs()
+    ]
 
 
 def models_of(dataset):

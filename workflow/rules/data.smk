@@ -5,15 +5,15 @@ rule demo_data:
     output:
         rsna_csv=config["data"]["rsna"]["train_csv"],
         lidc_pickle=config["data"]["lidc"]["pickle"],
-    params:
-        images_dir=config["data"]["rsna"]["images_dir"],
-        demo=config["demo"],
     log:
         f"{LOGS}/demo_data.log",
     benchmark:
         f"{BENCHMARKS}/demo_data.tsv"
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        images_dir=config["data"]["rsna"]["images_dir"],
+        demo=config["demo"],
     script:
         "../scripts/demo_data.py"
 
@@ -25,13 +25,13 @@ rule rsna_cohort:
         cohort=f"{RESULTS}/rsna/cohort.csv",
         report_csv=f"{RESULTS}/rsna/cohort_report.csv",
         report_md=f"{RESULTS}/rsna/cohort_report.md",
-    params:
-        images_dir=config["data"]["rsna"]["images_dir"],
-        max_age=config["cohort"]["rsna"]["max_age"],
     log:
         f"{LOGS}/rsna/cohort.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        images_dir=config["data"]["rsna"]["images_dir"],
+        max_age=config["cohort"]["rsna"]["max_age"],
     script:
         "../scripts/rsna_cohort.py"
 
@@ -41,22 +41,22 @@ rule dicom_to_png:
         cohort=f"{RESULTS}/rsna/cohort.csv",
     output:
         manifest=f"{RESULTS}/rsna/png/manifest_{{shard}}.csv",
-    params:
-        images_dir=config["data"]["rsna"]["images_dir"],
-        out_root=f"{RESULTS}/rsna/png",
-        n_shards=config["dicom"]["shards"],
-        image_size=config["image_size"],
-        bits=config["dicom"]["png_bits"],
-        path_mode=config["dicom"]["path_mode"],
-    threads: 1
-    resources:
-        mem_mb=1000,
     log:
         f"{LOGS}/rsna/dicom_to_png_{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/rsna/dicom_to_png_{{shard}}.tsv"
     conda:
         "../../envs/leanmed.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        images_dir=config["data"]["rsna"]["images_dir"],
+        out_root=folder_of_output,
+        n_shards=config["dicom"]["shards"],
+        image_size=config["image_size"],
+        bits=config["dicom"]["png_bits"],
+        path_mode=config["dicom"]["path_mode"],
     script:
         "../scripts/dicom_to_png.py"
 
@@ -67,12 +67,12 @@ rule rsna_images:
     output:
         images=f"{RESULTS}/rsna/images.csv",
         excluded=f"{RESULTS}/rsna/excluded.csv",
-    params:
-        max_excluded_fraction=config["dicom"]["max_excluded_fraction"],
     log:
         f"{LOGS}/rsna/images.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        max_excluded_fraction=config["dicom"]["max_excluded_fraction"],
     script:
         "../scripts/rsna_images.py"
 
@@ -82,16 +82,16 @@ rule lidc_labels:
         pickle=lidc_pickle,
     output:
         labels=f"{RESULTS}/lidc/labels.csv",
-    params:
-        out_dir=f"{RESULTS}/lidc",
-        image_size=config["image_size"],
-        min_raters=config["cohort"]["lidc"]["min_raters"],
     log:
         f"{LOGS}/lidc/labels.log",
     benchmark:
         f"{BENCHMARKS}/lidc/labels.tsv"
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        out_dir=folder_of_output,
+        image_size=config["image_size"],
+        min_raters=config["cohort"]["lidc"]["min_raters"],
     script:
         "../scripts/lidc_labels.py"
 
@@ -103,12 +103,12 @@ rule split:
         split=f"{RESULTS}/{{dataset}}/split.csv",
         report_csv=f"{RESULTS}/{{dataset}}/split_report.csv",
         report_md=f"{RESULTS}/{{dataset}}/split_report.md",
-    params:
-        fractions=config["split"]["fractions"],
-        seed=config["split"]["seed"],
     log:
         f"{LOGS}/{{dataset}}/split.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
     script:
         "../scripts/split.py"

@@ -11,13 +11,13 @@ rule aggregate:
             category="Summary",
             labels={"table": "all runs"},
         ),
-    params:
-        expected_runs=training_runs(),
-        runs_root=f"{RESULTS}/runs",
     log:
         f"{LOGS}/report/aggregate.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        expected_runs=training_runs(),
+        runs_root=runs_root,
     script:
         "../scripts/aggregate.py"
 
@@ -55,12 +55,12 @@ rule radar_plot:
             labels={"figure": "radar"},
         ),
         pdf=f"{RESULTS}/figures/radar_{{dataset}}_{{model}}.pdf",
-    params:
-        dpi=config["report"]["dpi"],
     log:
         f"{LOGS}/report/radar_{{dataset}}_{{model}}.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        dpi=config["report"]["dpi"],
     script:
         "../scripts/radar_plot.py"
 
@@ -77,12 +77,12 @@ rule downsampling_plot:
             labels={"figure": "downsampling"},
         ),
         pdf=f"{RESULTS}/figures/downsampling_{{dataset}}_{{model}}.pdf",
-    params:
-        dpi=config["report"]["dpi"],
     log:
         f"{LOGS}/report/downsampling_{{dataset}}_{{model}}.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        dpi=config["report"]["dpi"],
     script:
         "../scripts/downsampling_plot.py"
 
@@ -100,14 +100,14 @@ rule compare_to_baseline:
             labels={"table": "paired comparison with fp32"},
         ),
         tex=f"{RESULTS}/stats/{{dataset}}_vs_fp32.tex",
-    params:
-        runs_root=f"{RESULTS}/runs",
-        margin=config["report"]["non_inferiority_margin"],
-        n_bootstrap=config["report"]["n_bootstrap"],
     log:
         f"{LOGS}/report/stats_{{dataset}}.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        runs_root=runs_root,
+        margin=config["report"]["non_inferiority_margin"],
+        n_bootstrap=config["report"]["n_bootstrap"],
     script:
         "../scripts/compare_to_baseline.py"
 
@@ -133,12 +133,12 @@ rule pareto:
             labels={"figure": "Pareto front"},
         ),
         pdf=f"{RESULTS}/figures/pareto_{{dataset}}.pdf",
-    params:
-        dpi=config["report"]["dpi"],
     log:
         f"{LOGS}/report/pareto_{{dataset}}.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        dpi=config["report"]["dpi"],
     script:
         "../scripts/pareto.py"
 
@@ -149,17 +149,17 @@ rule cpu_deployment_run:
         split=f"{RESULTS}/{{dataset}}/split.csv",
     output:
         record=f"{RESULTS}/deployment/runs/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.json",
-    params:
-        runs_root=f"{RESULTS}/runs",
-        repeats=config["deployment"]["repeats"],
-        max_images=config["deployment"]["max_images"],
-    threads: config["deployment"]["threads"]
     log:
         f"{LOGS}/deployment/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/deployment/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.tsv"
     conda:
         "../../envs/leanmed.yaml"
+    threads: config["deployment"]["threads"]
+    params:
+        runs_root=runs_root,
+        repeats=config["deployment"]["repeats"],
+        max_images=config["deployment"]["max_images"],
     script:
         "../scripts/cpu_deployment_run.py"
 

@@ -9,19 +9,19 @@ rule train:
         metrics=f"{RUN_DIR}/metrics.json",
         epochs=f"{RUN_DIR}/epochs.csv",
         predictions=f"{RUN_DIR}/predictions.csv",
-    params:
-        run=train_params,
-        triggers=rerun_triggers,
-        out_dir=run_out_dir,
-    threads: training_threads()
-    resources:
-        gpu=training_gpus(),
-        mem_mb=8000,
     log:
         f"{LOGS}/runs/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/runs/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.tsv"
     conda:
         "../../envs/leanmed.yaml"
+    threads: training_threads()
+    resources:
+        gpu=training_gpus(),
+        mem_mb=8000,
+    params:
+        run=train_params,
+        triggers=rerun_triggers,
+        out_dir=run_out_dir,
     script:
         "../scripts/train.py"
