@@ -36,7 +36,7 @@ TINY_STUDY = {
         "batch_size": 16,
         "max_epochs": 1,
         "patience": 1,
-        "num_workers": 0,
+        "num_workers": 2,
         "threads": 1,
         "device": "cpu",
         "gpus_per_job": 1,  # as on the cluster: each training job asks SLURM for a GPU (it trains on CPU here)
@@ -164,7 +164,7 @@ def test_training_jobs_ask_slurm_for_one_gpu_cpus_memory_and_time(cluster_run):
         assert option(argv, "--gres") is None
         assert option(argv, "-p") == "standin_gpu"
         assert option(argv, "-A") == "standin_account"
-        assert option(argv, "--cpus-per-task") == "5"  # threads (1) + 4 data-loader workers
+        assert option(argv, "--cpus-per-task") == "3"  # threads (1) + 2 data-loader workers
         attempt = int(re.search(r"--attempt (\d+)", option(argv, "--wrap")).group(1))
         assert option(argv, "--mem") == str(16000 * attempt)  # models without an entry of their own
         assert option(argv, "-t") == "240"
@@ -220,5 +220,5 @@ def test_profile_resources_scale_by_model_in_a_dry_run(tmp_path, monkeypatch):
     assert resources["densenet121"]["mem_mb"] == "16000"
     assert resources["densenet121"]["runtime"] == "240"
     assert resources["mlp"]["runtime"] == "60"
-    assert all(r["gpu"] == "1" and r["cpus_per_task"] == "5" for r in resources.values())
+    assert all(r["gpu"] == "1" and r["cpus_per_task"] == "3" for r in resources.values())
     assert "slurm_partition" not in text and "slurm_account" not in text  # left to the plugin's guesses

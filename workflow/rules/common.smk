@@ -92,6 +92,11 @@ def rsna_manifests(wildcards):
     return expand(f"{RESULTS}/rsna/png/manifest_{{shard}}.csv", shard=shard_ids())
 
 
+def dicom_preprocessing():
+    """How the PNGs were made, recorded beside images.csv."""
+    return dict(image_size=config["image_size"], **config["dicom"])
+
+
 def labelled_images(wildcards):
     """The per-image table the split of a dataset starts from."""
     if wildcards.dataset == "rsna":
@@ -214,6 +219,11 @@ def train_params(wildcards):
 
 def training_threads():
     return config["training"]["threads"]
+
+
+def training_cpus():
+    """CPUs a training job needs on a cluster node: torch's threads plus the data loader's worker processes."""
+    return config["training"]["threads"] + config["training"]["num_workers"]
 
 
 def training_gpus():

@@ -18,6 +18,7 @@ rule train:
     threads: training_threads()
     resources:
         gpu=training_gpus(),
+        cpus_per_task=training_cpus(),
         mem_mb=8000,
     params:
         run=train_params,

@@ -16,6 +16,7 @@ manifest = convert_shard(
     image_size=snakemake.params.image_size,
     bits=snakemake.params.bits,
     path_mode=snakemake.params.path_mode,
+    flip_to_left=snakemake.params.flip_to_left,
     workers=snakemake.threads,
 )
 manifest.to_csv(snakemake.output.manifest, index=False)
