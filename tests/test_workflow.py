@@ -129,6 +129,14 @@ def test_adding_a_model_reruns_only_its_runs(tiny_study):
     assert jobs["radar_plot"] == 1
 
 
+def test_editing_one_settings_definition_reruns_only_its_runs(tiny_study):
+    jobs = planned_jobs(
+        tiny_study, "--configfile", "tiny.yaml", edited_setting=("amp_8bit", {"optimizer": "paged_adam8bit"})
+    )
+    assert jobs["train"] == 2  # amp_8bit of each dataset's model; fp32 and the downsampling run stay
+    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
+
+
 def test_a_plotting_option_reruns_only_the_report(tiny_study):
     jobs = dry_run(tiny_study, {"report": {"dpi": 90}})
     assert jobs, "a dpi change must replot"

@@ -40,9 +40,30 @@ def snakemake(workdir, *args, check=True, timeout=900):
     return process
 
 
-def planned_jobs(workdir, *args):
-    """Counter rule -> number of jobs that `snakemake -n` plans (empty when nothing is to be done)."""
-    process = snakemake(workdir, "-n", *args)
+def snakemake_with_edited_setting(workdir, setting, changes, *args):
+    """Run Snakemake as if leanmed.train.registry defined `setting` with `changes` (an edit of the registry code)."""
+    script = (
+        "import dataclasses, sys, types\n"
+        "import leanmed.train.registry as registry\n"
+        f"edited = dataclasses.replace(registry.SETTINGS[{setting!r}], **{changes!r})\n"
+        f"registry.SETTINGS = types.MappingProxyType({{**registry.SETTINGS, {setting!r}: edited}})\n"
+        "from snakemake.cli import main\n"
+        "sys.argv = ['snakemake', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+
+
+def planned_jobs(workdir, *args, edited_setting=None):
+    """Counter rule -> number of jobs that `snakemake -n` plans (empty when nothing is to be done).
+
+    edited_setting: (name, changes) to plan as if that setting's registry entry had been edited."""
+    if edited_setting:
+        process = snakemake_with_edited_setting(workdir, *edited_setting, "-n", *args)
+        assert process.returncode == 0, process.stderr[-5000:]
+    else:
+        process = snakemake(workdir, "-n", *args)
     text = process.stdout + process.stderr
     counts = Counter()
     lines = text.splitlines()

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import leanmed
-from leanmed.train.registry import MODELS, is_known_model, setting_definition
+from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from snakemake.exceptions import WorkflowError
 
 RESULTS = "results"
@@ -172,7 +172,9 @@ def training_code_version():
     param makes a change of the training code (or of what it imports) rerun the training jobs.
     """
     digest = hashlib.sha256()
-    files = sorted((PACKAGE_DIR / "train").glob("*.py")) + [
+    # The registry is left out: what a job takes from it (its setting and model entries) is a trigger of its own,
+    # so editing one setting reruns only that setting's jobs.
+    files = sorted(path for path in (PACKAGE_DIR / "train").glob("*.py") if path.name != "registry.py") + [
         PACKAGE_DIR / "data" / "images.py",
         PACKAGE_DIR / "metrics.py",
     ]
@@ -186,9 +188,13 @@ TRAINING_CODE_VERSION = training_code_version()
 
 
 def rerun_triggers(wildcards):
-    """What a training job depends on beyond its own options: the setting's definition in the registry and the
-    training code. Passed as params, so a change of either reruns exactly the affected jobs."""
-    return dict(setting_definition=setting_definition(wildcards.setting), code_version=TRAINING_CODE_VERSION)
+    """What a training job depends on beyond its own options: its setting's and model's registry entries and the
+    training code. Passed as params, so a change of any of them reruns exactly the affected jobs."""
+    return dict(
+        setting_definition=setting_definition(wildcards.setting),
+        model_definition=model_definition(wildcards.model),
+        code_version=TRAINING_CODE_VERSION,
+    )
 
 
 def train_params(wildcards):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")
 logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+logging.getLogger("openjpeg").setLevel(logging.WARNING)  # one INFO line per encoded tile otherwise
 
 from leanmed.demo import generate_lidc, generate_rsna
 

@@ -16,6 +16,7 @@ __all__ = [
     "MODELS",
     "get_model_spec",
     "is_known_model",
+    "model_definition",
     "Setting",
     "SETTINGS",
     "PAPER_SETTINGS",
@@ -94,6 +95,12 @@ def get_model_spec(name: str) -> ModelSpec:
     if timm.is_model(name):
         return ModelSpec(name, "timm", f"timm model {name}", name)
     raise KeyError(f"unknown model {name!r}: not a registry alias ({sorted(MODELS)}) nor a timm model name")
+
+
+def model_definition(name: str) -> dict:
+    """The registry entry of a model as a plain dict (for Snakemake's params trigger)."""
+    spec = get_model_spec(name)
+    return {key: (dict(value) if isinstance(value, Mapping) else value) for key, value in vars(spec).items()}
 
 
 def is_known_model(name: str) -> bool:
