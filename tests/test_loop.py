@@ -142,10 +142,18 @@ def test_sigterm_then_rerun_resumes_to_the_same_metrics(split_csv, tmp_path):
     assert (interrupted_dir / "predictions.csv").read_text() == (tmp_path / "full" / "predictions.csv").read_text()
 
 
-def test_resume_refuses_a_checkpoint_of_another_configuration(split_csv, tmp_path):
-    run(config(split_csv, tmp_path, max_epochs=1))
-    with pytest.raises(ValueError, match="different configuration"):
-        run(config(split_csv, tmp_path, max_epochs=2, lr=1e-3))
+def test_a_checkpoint_of_another_configuration_is_not_resumed_the_job_starts_over(split_csv, tmp_path):
+    run(config(split_csv, tmp_path / "changed", max_epochs=1))
+    rerun = run(config(split_csv, tmp_path / "changed", max_epochs=2, lr=1e-3))
+    fresh = run(config(split_csv, tmp_path / "fresh", max_epochs=2, lr=1e-3))
+    assert rerun["training"]["resumed"] is False
+    assert stable_part(rerun) == stable_part(fresh)
+
+
+def test_a_changed_config_hash_starts_over(split_csv, tmp_path):
+    run(config(split_csv, tmp_path, max_epochs=1, config_hash="before"))
+    rerun = run(config(split_csv, tmp_path, max_epochs=1, config_hash="after"))
+    assert rerun["training"]["resumed"] is False
 
 
 def test_rerun_of_a_finished_job_only_reevaluates(split_csv, tmp_path):

@@ -31,6 +31,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -77,6 +78,8 @@ __all__ = [
     "DEFINITIONS",
     "main",
 ]
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CHECKPOINT_FORMAT = 1
@@ -386,7 +389,11 @@ class _JobState:
 
 
 def _fingerprint(cfg: TrainConfig, device: str) -> dict:
+    """What a last.pt must match to be resumed. The workflow's config_hash covers every option of the job and the
+    registry entries and training code behind it, so a rerun after any change starts over instead of continuing
+    weights trained under another definition."""
     values = {name: getattr(cfg, name) for name in RESULT_FIELDS}
+    values["config_hash"] = cfg.config_hash
     values["pretrained"] = str(values["pretrained"])
     values["device_type"] = torch.device(device).type
     return values
@@ -442,13 +449,22 @@ def _load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _resume(path: Path, fingerprint: dict, model, optimizer, scaler) -> _JobState:
-    checkpoint = _load_checkpoint(path)
-    if checkpoint.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{path} was written by a different configuration ({checkpoint.get('fingerprint')} != {fingerprint}); "
-            "delete it (and best.pt) to start this job over"
+def _resumable(path: Path, fingerprint: dict) -> bool:
+    """True when ``path`` is a last.pt of this very configuration (an interrupted or finished run of this job)."""
+    if not path.is_file():
+        return False
+    written_by = _load_checkpoint(path).get("fingerprint")
+    if written_by != fingerprint:
+        logger.warning(
+            "%s was written by another configuration (%s, now %s): starting this job over", path, written_by,
+            fingerprint,
         )
+        return False
+    return True
+
+
+def _resume(path: Path, model, optimizer, scaler) -> _JobState:
+    checkpoint = _load_checkpoint(path)
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])
     if scaler is not None and checkpoint.get("scaler_state") is not None:
@@ -602,12 +618,12 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: _Stop
     fingerprint = _fingerprint(cfg, device)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    resumed_now = last_path.is_file()
+    resumed_now = _resumable(last_path, fingerprint)
     if resumed_now:
-        state = _resume(last_path, fingerprint, model, optimizer, scaler)
+        state = _resume(last_path, model, optimizer, scaler)
     else:
         state = _JobState()
-        for stale in (best_path, out_dir / "metrics.json"):
+        for stale in (last_path, best_path, out_dir / "metrics.json"):
             stale.unlink(missing_ok=True)
         shutil.rmtree(out_dir / "energy" / "train", ignore_errors=True)
     state.segments += 1
