@@ -92,9 +92,21 @@ def rsna_manifests(wildcards):
     return expand(f"{RESULTS}/rsna/png/manifest_{{shard}}.csv", shard=shard_ids())
 
 
+def conversion_memory_mb(wildcards, threads):
+    """Host memory of a DICOM -> PNG job: each worker holds one full-size 16-bit mammogram (peak about 150 MB,
+    BENCHMARKS.md), plus the parent process."""
+    return 400 * threads + 600
+
+
 def dicom_preprocessing():
-    """How the PNGs were made, recorded beside images.csv."""
-    return dict(image_size=config["image_size"], **config["dicom"])
+    """How the PNGs were made, recorded beside images.csv (options that change pixels only)."""
+    dicom = config["dicom"]
+    return dict(
+        image_size=config["image_size"],
+        png_bits=dicom["png_bits"],
+        path_mode=dicom["path_mode"],
+        flip_to_left=dicom["flip_to_left"],
+    )
 
 
 def labelled_images(wildcards):

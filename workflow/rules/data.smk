@@ -40,16 +40,17 @@ rule dicom_to_png:
     input:
         cohort=f"{RESULTS}/rsna/cohort.csv",
     output:
-        manifest=f"{RESULTS}/rsna/png/manifest_{{shard}}.csv",
+        # Merged into images.csv, then removed; the PNGs themselves are kept (and never redone).
+        manifest=temp(f"{RESULTS}/rsna/png/manifest_{{shard}}.csv"),
     log:
         f"{LOGS}/rsna/dicom_to_png_{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/rsna/dicom_to_png_{{shard}}.tsv"
     conda:
         "../../envs/leanmed.yaml"
-    threads: 1
+    threads: config["dicom"]["threads"]
     resources:
-        mem_mb=1000,
+        mem_mb=conversion_memory_mb,
     params:
         images_dir=config["data"]["rsna"]["images_dir"],
         out_root=folder_of_output,
@@ -57,6 +58,7 @@ rule dicom_to_png:
         image_size=config["image_size"],
         bits=config["dicom"]["png_bits"],
         path_mode=config["dicom"]["path_mode"],
+        flip_to_left=config["dicom"]["flip_to_left"],
     script:
         "../scripts/dicom_to_png.py"
 
@@ -67,12 +69,14 @@ rule rsna_images:
     output:
         images=f"{RESULTS}/rsna/images.csv",
         excluded=f"{RESULTS}/rsna/excluded.csv",
+        preprocessing=f"{RESULTS}/rsna/preprocessing.json",
     log:
         f"{LOGS}/rsna/images.log",
     conda:
         "../../envs/leanmed.yaml"
     params:
         max_excluded_fraction=config["dicom"]["max_excluded_fraction"],
+        preprocessing=dicom_preprocessing(),
     script:
         "../scripts/rsna_images.py"
 
