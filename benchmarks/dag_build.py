@@ -32,29 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles", "envs")
 
 #: Size of the real Kaggle RSNA screening mammography train.csv.
 RSNA_ROWS = 54_706
 RSNA_PATIENTS = 11_913
-#: The 14 columns of the real train.csv, in order (as leanmed.demo.RSNA_COLUMNS).
-RSNA_COLUMNS = (
-    "site_id",
-    "patient_id",
-    "image_id",
-    "laterality",
-    "view",
-    "age",
-    "cancer",
-    "biopsy",
-    "invasive",
-    "BIRADS",
-    "implant",
-    "density",
-    "machine_id",
-    "difficult_negative_case",
-)
+RSNA_COLUMNS = KAGGLE_TRAIN_COLUMNS  # the 14 columns of the real train.csv, in order
 
 
 def copy_workflow(destination: Path) -> Path:

@@ -31,27 +31,14 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
+from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS
+
 # ----------------------------------------------------------------------------------------------------------------------
 # RSNA: constants
 # ----------------------------------------------------------------------------------------------------------------------
 
 #: The columns of the real Kaggle ``train.csv``, in its order.
-RSNA_COLUMNS = (
-    "site_id",
-    "patient_id",
-    "image_id",
-    "laterality",
-    "view",
-    "age",
-    "cancer",
-    "biopsy",
-    "invasive",
-    "BIRADS",
-    "implant",
-    "density",
-    "machine_id",
-    "difficult_negative_case",
-)
+RSNA_COLUMNS = KAGGLE_TRAIN_COLUMNS
 
 #: Transfer syntax names accepted by :func:`generate_rsna`, with their UIDs.
 TRANSFER_SYNTAX_UIDS = {
