@@ -57,30 +57,35 @@ def _ratio(numerator: int, denominator: int) -> float:
     return float(numerator / denominator) if denominator else float("nan")
 
 
-def accuracy(labels, probabilities, threshold: float = 0.5) -> float:
-    """Fraction of images whose prediction (probability >= threshold) equals the label; NaN for no images."""
+def _counts_if_finite(labels, probabilities, threshold: float) -> dict | None:
+    """Confusion counts, or None when any probability is NaN/inf (a diverged model: every metric is then NaN)."""
     label_array, score_array = _as_arrays(labels, probabilities)
     if not np.isfinite(score_array).all():
+        return None
+    return confusion_counts(label_array, score_array, threshold)
+
+
+def accuracy(labels, probabilities, threshold: float = 0.5) -> float:
+    """Fraction of images whose prediction (probability >= threshold) equals the label; NaN for no images."""
+    counts = _counts_if_finite(labels, probabilities, threshold)
+    if counts is None:
         return float("nan")
-    counts = confusion_counts(label_array, score_array, threshold)
-    return _ratio(counts["tp"] + counts["tn"], label_array.size)
+    return _ratio(counts["tp"] + counts["tn"], sum(counts.values()))
 
 
 def sensitivity(labels, probabilities, threshold: float = 0.5) -> float:
     """True-positive rate TP / (TP + FN) at ``threshold``; NaN when there is no positive image."""
-    label_array, score_array = _as_arrays(labels, probabilities)
-    if not np.isfinite(score_array).all():
+    counts = _counts_if_finite(labels, probabilities, threshold)
+    if counts is None:
         return float("nan")
-    counts = confusion_counts(label_array, score_array, threshold)
     return _ratio(counts["tp"], counts["tp"] + counts["fn"])
 
 
 def specificity(labels, probabilities, threshold: float = 0.5) -> float:
     """True-negative rate TN / (TN + FP) at ``threshold``; NaN when there is no negative image."""
-    label_array, score_array = _as_arrays(labels, probabilities)
-    if not np.isfinite(score_array).all():
+    counts = _counts_if_finite(labels, probabilities, threshold)
+    if counts is None:
         return float("nan")
-    counts = confusion_counts(label_array, score_array, threshold)
     return _ratio(counts["tn"], counts["tn"] + counts["fp"])
 
 
