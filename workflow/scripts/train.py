@@ -3,6 +3,7 @@ import logging
 import sys
 
 sys.stderr = open(snakemake.log[0], "a")  # append: a resumed job keeps the log of its first attempt
+sys.stdout = sys.stderr  # carbontracker prints to stdout
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 from leanmed.train.loop import TrainConfig, run
