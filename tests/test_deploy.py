@@ -1,6 +1,4 @@
 """CPU deployment figures of a trained checkpoint: real timing of a real (tiny) trained model."""
-import json
-
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -47,8 +45,8 @@ def test_deployment_record_times_the_trained_checkpoint_on_cpu(tmp_path):
 
     paths = []
     for index, item in enumerate((record, missing)):
-        path = tmp_path / f"record{index}.json"
-        path.write_text(json.dumps(item))
+        path = tmp_path / f"model{index}.csv"
+        pd.DataFrame([item]).to_csv(path, index=False)
         paths.append(path)
     table = deployment_table(paths)
     assert list(table["seed"]) == [1, 2]

@@ -113,7 +113,7 @@ def test_a_finished_study_plans_nothing(tiny_study):
 def test_adding_a_seed_reruns_only_the_new_runs_and_the_report(tiny_study):
     jobs = dry_run(tiny_study, {"seeds": [1, 2]})
     assert jobs["train"] == TRAINING_JOBS
-    assert jobs["cpu_deployment_run"] == TRAINING_JOBS
+    assert jobs["cpu_deployment_model"] == 2  # one per trained model
     assert jobs["aggregate"] == 1
     assert not {"demo_data", "rsna_cohort", "dicom_to_png", "rsna_images", "lidc_labels", "split"} & set(jobs)
 
@@ -127,7 +127,7 @@ def test_adding_a_setting_reruns_only_its_runs(tiny_study):
 def test_adding_a_model_reruns_only_its_runs(tiny_study):
     jobs = dry_run(tiny_study, {"datasets": {"lidc": {"models": ["mlp_small", "test_vit"]}}})
     assert jobs["train"] == 2  # test_vit x 2 settings
-    assert jobs["cpu_deployment_run"] == 2
+    assert jobs["cpu_deployment_model"] == 1
     assert jobs["radar_plot"] == 3  # the new model's, and the others redrawn from the new summary
     assert not {"demo_data", "rsna_cohort", "dicom_to_png", "lidc_labels", "split"} & set(jobs)
 

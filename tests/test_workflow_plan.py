@@ -23,7 +23,7 @@ def test_config_yaml_plans_the_papers_study(workdir):
     jobs = planned_jobs(workdir)
     assert jobs["train"] == PAPER_TRAINING_JOBS
     assert jobs["dicom_to_png"] == 64
-    assert jobs["cpu_deployment_run"] == PAPER_TRAINING_JOBS
+    assert jobs["cpu_deployment_model"] == 5 + 3  # one per (dataset, model)
     assert jobs["split"] == 2
     assert jobs["radar_plot"] == 5 + 3
     assert jobs["downsampling_plot"] == 1

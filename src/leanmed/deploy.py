@@ -87,9 +87,9 @@ def deployment_record(run, runs_root, split_csv, repeats=5, threads=1, max_image
     return record
 
 
-def deployment_table(record_paths) -> pd.DataFrame:
-    """The per-run records (JSON files written by ``deployment_record``) as one table, in the given order."""
-    return pd.DataFrame([json.loads(Path(path).read_text()) for path in record_paths])
+def deployment_table(table_paths) -> pd.DataFrame:
+    """Tables of ``deployment_record`` rows (CSV files, e.g. one per model) as one table, in the given order."""
+    return pd.concat([pd.read_csv(path) for path in table_paths], ignore_index=True)
 
 
 def deployment_caption(table: pd.DataFrame) -> str:

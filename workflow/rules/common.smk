@@ -161,11 +161,21 @@ def all_metrics():
     return [f"{run_dir(run)}/metrics.json" for run in training_runs()]
 
 
-def all_deployment_records():
-    return [
-        f"{RESULTS}/deployment/runs/{run['dataset']}/{run['model']}/{run['setting']}/s{run['scale']}/seed{run['seed']}.json"
-        for run in training_runs()
-    ]
+def trained_models():
+    """(dataset, model) pairs with at least one training run, in the order of the study."""
+    return list(dict.fromkeys((run["dataset"], run["model"]) for run in training_runs()))
+
+
+def runs_of_model(wildcards):
+    return [run for run in training_runs() if (run["dataset"], run["model"]) == (wildcards.dataset, wildcards.model)]
+
+
+def metrics_of_model(wildcards):
+    return [f"{run_dir(run)}/metrics.json" for run in runs_of_model(wildcards)]
+
+
+def all_deployment_tables():
+    return [f"{RESULTS}/deployment/models/{dataset}/{model}.csv" for dataset, model in trained_models()]
 
 
 def models_of(dataset):

@@ -143,30 +143,31 @@ rule pareto:
         "../scripts/pareto.py"
 
 
-rule cpu_deployment_run:
+rule cpu_deployment_model:
     input:
-        metrics=f"{RUN_DIR}/metrics.json",
+        metrics=metrics_of_model,
         split=f"{RESULTS}/{{dataset}}/split.csv",
     output:
-        record=f"{RESULTS}/deployment/runs/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.json",
+        table=f"{RESULTS}/deployment/models/{{dataset}}/{{model}}.csv",
     log:
-        f"{LOGS}/deployment/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.log",
+        f"{LOGS}/deployment/{{dataset}}/{{model}}.log",
     benchmark:
-        f"{BENCHMARKS}/deployment/{{dataset}}/{{model}}/{{setting}}/s{{scale}}/seed{{seed}}.tsv"
+        f"{BENCHMARKS}/deployment/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/leanmed.yaml"
     threads: config["deployment"]["threads"]
     params:
+        runs=runs_of_model,
         runs_root=runs_root,
         repeats=config["deployment"]["repeats"],
         max_images=config["deployment"]["max_images"],
     script:
-        "../scripts/cpu_deployment_run.py"
+        "../scripts/cpu_deployment_model.py"
 
 
 rule cpu_deployment:
     input:
-        records=all_deployment_records(),
+        tables=all_deployment_tables(),
     output:
         csv=f"{RESULTS}/deployment/cpu_inference.csv",
         md=report(

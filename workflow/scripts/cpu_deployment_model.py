@@ -1,0 +1,21 @@
+"""Rule cpu_deployment_model: CPU latency and throughput of the best checkpoint of every run of one model."""
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+import pandas as pd
+
+from leanmed.deploy import deployment_record
+
+records = [
+    deployment_record(
+        run,
+        snakemake.params.runs_root,
+        snakemake.input.split,
+        repeats=snakemake.params.repeats,
+        threads=snakemake.threads,
+        max_images=snakemake.params.max_images,
+    )
+    for run in snakemake.params.runs
+]
+pd.DataFrame(records).to_csv(snakemake.output.table, index=False)
