@@ -187,6 +187,15 @@ def downsampling_curves():
     return sorted({(extra["dataset"], extra["model"]) for extra in config["downsampling"]["runs"]})
 
 
+def downsampling_settings(wildcards):
+    """Settings the downsampling study ran for one (dataset, model), in the config's order."""
+    settings = []
+    for extra in config["downsampling"]["runs"]:
+        if (extra["dataset"], extra["model"]) == (wildcards.dataset, wildcards.model):
+            settings += [setting for setting in extra["settings"] if setting not in settings]
+    return settings
+
+
 def training_code_version():
     """Hash of the package code a training job runs.
 

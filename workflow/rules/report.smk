@@ -83,6 +83,7 @@ rule downsampling_plot:
         "../../envs/leanmed.yaml"
     params:
         dpi=config["report"]["dpi"],
+        settings=downsampling_settings,
     script:
         "../scripts/downsampling_plot.py"
 

@@ -13,5 +13,10 @@ from leanmed.report.plots import downsampling
 
 summary = read_summary(snakemake.input.summary)
 downsampling(
-    summary, snakemake.wildcards.dataset, snakemake.wildcards.model, snakemake.output.png, snakemake.output.pdf
+    summary,
+    snakemake.wildcards.dataset,
+    snakemake.wildcards.model,
+    snakemake.output.png,
+    snakemake.output.pdf,
+    settings=snakemake.params.settings,
 )
