@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import leanmed
+from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from snakemake.exceptions import WorkflowError
 
@@ -16,20 +17,23 @@ PACKAGE_DIR = Path(leanmed.__file__).parent
 
 
 # ---------------------------------------------------------------- config checks
+def unknown_model(key, model):
+    return WorkflowError(
+        f"config key {key}: unknown model {model!r}. "
+        f"Use a leanmed alias ({', '.join(MODELS)}) or a timm model name (timm.list_models())."
+    )
+
+
 def check_config():
     """Fail before any job runs when the config names something leanmed does not know.
 
     The schema checks keys and types; this checks what the schema cannot: model names (registry alias or
-    timm name) and that downsampling runs refer to configured datasets.
+    timm name), that downsampling runs refer to configured datasets, and that split fractions sum to 1.
     """
     for dataset, entry in config["datasets"].items():
         for model in entry["models"]:
             if not is_known_model(model):
-                raise WorkflowError(
-                    f"config key datasets.{dataset}.models: unknown model {model!r}. "
-                    f"Use a leanmed alias ({', '.join(MODELS)}) or a timm model name "
-                    "(timm.list_models())."
-                )
+                raise unknown_model(f"datasets.{dataset}.models", model)
     for index, run in enumerate(config["downsampling"]["runs"]):
         if run["dataset"] not in config["datasets"]:
             raise WorkflowError(
@@ -37,13 +41,11 @@ def check_config():
                 f"datasets ({', '.join(DATASETS)})."
             )
         if not is_known_model(run["model"]):
-            raise WorkflowError(
-                f"config key downsampling.runs[{index}].model: unknown model {run['model']!r}. "
-                f"Use a leanmed alias ({', '.join(MODELS)}) or a timm model name."
-            )
-    fractions = config["split"]["fractions"]
-    if abs(sum(fractions) - 1.0) > 1e-6:
-        raise WorkflowError(f"config key split.fractions: {fractions} must sum to 1.")
+            raise unknown_model(f"downsampling.runs[{index}].model", run["model"])
+    try:
+        validate_fractions(config["split"]["fractions"])
+    except SplitError as error:
+        raise WorkflowError(f"config key {error}") from None
 
 
 check_config()
