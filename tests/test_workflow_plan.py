@@ -1,4 +1,6 @@
-"""Dry runs of the workflow: the paper's full plan, and config errors that must fail before any job runs."""
+"""The workflow at its edges: the paper's full plan, config errors that fail before any job runs, and a corrupt
+DICOM that is excluded with its reason while the rest is converted."""
+import pandas as pd
 import pytest
 
 from leanmed.demo import generate_lidc, generate_rsna
@@ -58,3 +60,33 @@ def test_config_errors_fail_at_start_naming_the_key(workdir, overrides, expected
     for text in expected:
         assert text in message, message[-3000:]
     assert "Job stats" not in message
+
+
+def test_a_corrupt_dicom_is_excluded_with_its_reason_and_the_rest_converted(workdir):
+    from leanmed.data.rsna import build_cohort
+
+    generate_rsna(workdir / "data/rsna", n_patients=16, image_shape=(96, 80), seed=2)
+    cohort, _ = build_cohort(workdir / "data/rsna/train.csv", images_dir=workdir / "data/rsna/train_images")
+    corrupt = workdir / "data/rsna/train_images" / cohort["dicom_path"].iloc[0]
+    corrupt.write_bytes(corrupt.read_bytes()[:300])  # truncated: header only
+    generate_lidc(workdir / "data/lidc/data_lidc.pickle", n_patients=4, patches_per_patient=2, seed=1)
+    overrides = {"dicom": {"shards": 2, "max_excluded_fraction": 0.5}, "image_size": 32}
+    write_config(workdir / "bad_file.yaml", overrides)
+    snakemake(workdir, "results/rsna/images.csv", "--cores", "2", "--configfile", "bad_file.yaml")
+
+    images = pd.read_csv(workdir / "results/rsna/images.csv", dtype=str)
+    excluded = pd.read_csv(workdir / "results/rsna/excluded.csv", dtype=str)
+    assert list(excluded["image_id"]) == [str(cohort["image_id"].iloc[0])]
+    assert corrupt.name in excluded["reason"].iloc[0]
+    assert len(images) == len(cohort) - 1
+    assert all((workdir / "results/rsna" / path).is_file() for path in images["path"])
+
+    # A stricter limit fails the merge, naming the config key; the converted PNGs stay.
+    write_config(workdir / "strict.yaml", {"dicom": {"max_excluded_fraction": 0.0}})
+    process = snakemake(
+        workdir, "results/rsna/images.csv", "--cores", "2", "--configfiles", "bad_file.yaml", "strict.yaml",
+        check=False,
+    )
+    assert process.returncode != 0
+    assert "dicom.max_excluded_fraction" in process.stdout + process.stderr
+    assert all((workdir / "results/rsna" / path).is_file() for path in images["path"])
