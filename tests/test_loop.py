@@ -221,10 +221,16 @@ def test_smaller_input_downsampling_and_time_fields(split_csv, tmp_path):
 
 def test_energy_block_when_measured(split_csv, tmp_path):
     metrics = run(config(split_csv, tmp_path, energy=True, max_epochs=2, inference_repeats=2))
-    for phase in ("train", "inference"):
-        record = metrics["energy"][phase]
-        assert record["measured"] is True, record["note"]
-        assert record["energy_kwh"] > 0 and record["pue"] == pytest.approx(1.58)
+    train = metrics["energy"]["train"]
+    assert train["measured"] is True, train["note"]
+    assert train["energy_kwh"] > 0 and train["pue"] == pytest.approx(1.58)
+    # The timed inference of this tiny model lasts milliseconds: carbontracker (sampling every 0.1 s) may see no
+    # power sample in it, and then the record must say so instead of reporting a measured zero.
+    inference = metrics["energy"]["inference"]
+    if inference["measured"]:
+        assert inference["energy_kwh"] > 0
+    else:
+        assert inference["energy_kwh"] is None and "sampling interval" in inference["note"]
     assert list((tmp_path / "energy" / "train").glob("*carbontracker_output.log"))
 
 

@@ -7,7 +7,14 @@ import timm
 import torch
 
 from leanmed.train import models
-from leanmed.train.models import MODELS, PretrainedWeightsUnavailable, build_model, count_parameters, get_model_spec
+from leanmed.train.models import (
+    MODELS,
+    PretrainedWeightsUnavailable,
+    build_model,
+    count_parameters,
+    get_model_spec,
+    has_pretrained_weights,
+)
 
 PAPER_MODELS = [name for name, spec in MODELS.items() if spec.paper_parameters_millions is not None]
 
@@ -85,5 +92,13 @@ def test_pretrained_local_file_is_loaded_with_rgb_stem_summed(tmp_path):
 def test_pretrained_missing_file_and_mlp():
     with pytest.raises(FileNotFoundError):
         build_model("test_resnet", 32, pretrained="/nonexistent/weights.safetensors")
-    with pytest.raises(ValueError):
-        build_model("mlp_small", 32, pretrained=True)
+    with pytest.raises(ValueError):  # a weights file for the MLP: there are none to load into it
+        build_model("mlp_small", 32, pretrained=__file__)
+
+
+def test_pretrained_true_falls_back_to_random_weights_where_timm_has_none():
+    assert has_pretrained_weights("densenet121")
+    assert not has_pretrained_weights("vit_base_patch32_plus_256")
+    assert not has_pretrained_weights("mlp")
+    model = build_model("mlp_small", 16, pretrained=True)  # no network needed: there is nothing to fetch
+    assert sum(parameter.numel() for parameter in model.parameters()) > 0

@@ -230,6 +230,12 @@ def rerun_triggers(wildcards):
     )
 
 
+def pretrained_of(model):
+    """training.pretrained for one model: one value for all models, or a mapping model -> value (false if absent)."""
+    pretrained = config["training"]["pretrained"]
+    return pretrained.get(model, False) if isinstance(pretrained, dict) else pretrained
+
+
 def train_params(wildcards):
     """The options of one training job (leanmed.train.loop.TrainConfig fields); a change reruns that job."""
     training = config["training"]
@@ -245,7 +251,7 @@ def train_params(wildcards):
         batch_size=training["batch_size"],
         max_epochs=training["max_epochs"],
         patience=training["patience"],
-        pretrained=training["pretrained"],
+        pretrained=pretrained_of(wildcards.model),
         device=training["device"],
         num_workers=training["num_workers"],
         energy=training["energy"],

@@ -358,6 +358,15 @@ class EnergyMeter:
                 reason += ": " + " ".join(self.problems)
             return unmeasured(reason, self.components, self.method())
 
+        if totals["energy_kwh_pue"] == 0 and self.epochs_without_power_sample:
+            # Not a measured zero: no power sample fell inside the phase, so nothing was measured at all.
+            return unmeasured(
+                f"no power sample: the measured stretches were shorter than carbontracker's "
+                f"{self.update_interval_s} s sampling interval",
+                self.components,
+                self.method(),
+            )
+
         from carbontracker import constants
 
         pue = float(constants.PUE_2023)

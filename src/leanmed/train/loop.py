@@ -61,7 +61,7 @@ from leanmed.train.measure import (
     synchronize,
     time_inference,
 )
-from leanmed.train.models import build_model, get_model_spec
+from leanmed.train.models import build_model, has_pretrained_weights, get_model_spec
 from leanmed.train.settings import ResolvedSetting, build_optimizer, make_grad_scaler, resolve, resolve_device
 
 __all__ = [
@@ -842,7 +842,7 @@ def _metrics(cfg, state, resolved, model, input_size, test_block, memory_block, 
         "model": {
             "n_parameters": n_parameters, "n_parameters_millions": n_parameters / 1e6,
             "image_size": cfg.image_size, "input_size": input_size,
-            "pretrained": cfg.pretrained if isinstance(cfg.pretrained, bool) else str(cfg.pretrained),
+            "pretrained": _pretrained_record(cfg),
         },
         "training": {
             "epochs_run": state.epoch,
@@ -873,6 +873,13 @@ def _metrics(cfg, state, resolved, model, input_size, test_block, memory_block, 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Command line
+
+
+def _pretrained_record(cfg: TrainConfig) -> bool | str:
+    """What initialised the model: false, true (timm's weights), a weights file, or why true fell back to random."""
+    if cfg.pretrained is True and not has_pretrained_weights(cfg.model):
+        return "none available in timm: random initialisation"
+    return cfg.pretrained if isinstance(cfg.pretrained, bool) else str(cfg.pretrained)
 
 
 def _parse_pretrained(value: str) -> bool | str:

@@ -12,6 +12,7 @@ ImageNet classifier.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -31,9 +32,12 @@ __all__ = [
     "get_model_spec",
     "build_model",
     "count_parameters",
+    "has_pretrained_weights",
     "HUB_HOST",
     "PretrainedWeightsUnavailable",
 ]
+
+logger = logging.getLogger(__name__)
 
 HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -115,18 +119,29 @@ def _local_weights_help(name: str) -> str:
     )
 
 
+def has_pretrained_weights(name: str) -> bool:
+    """True when timm knows pretrained weights for the model (any tag); always False for an MLP."""
+    spec = get_model_spec(name)
+    return spec.kind == "timm" and bool(timm.list_pretrained(f"{spec.timm_name}.*"))
+
+
 def build_model(name: str, image_size: int, pretrained: bool | str | Path = False, **overrides) -> nn.Module:
     """Build model ``name`` for 1-channel ``image_size`` x ``image_size`` inputs and one output logit.
 
     pretrained: False (random initialisation), True (timm's default weights: from the local Hugging Face cache, or
     downloaded when the hub answers within a few seconds; otherwise PretrainedWeightsUnavailable is raised within
-    seconds, with instructions), or a path to a local weights file. ``overrides`` are passed to timm (or, for an MLP,
+    seconds, with instructions; a model timm has no weights for, like the MLP or vit_base_patch32_plus_256, starts
+    from random weights, as in the paper), or a path to a local weights file. ``overrides`` are passed to timm (or, for an MLP,
     may set ``hidden``).
     """
     spec = get_model_spec(name)
+    if pretrained is True and not has_pretrained_weights(name):
+        # The paper's protocol: ImageNet weights "where weights existed"; the others start from random weights.
+        logger.warning("%s: timm has no pretrained weights for it; random initialisation", name)
+        pretrained = False
     if spec.kind == "mlp":
         if pretrained not in (False, None):
-            raise ValueError(f"{name}: the MLP has no pretrained weights; set pretrained to false")
+            raise ValueError(f"{name}: the MLP has no pretrained weights; set pretrained to false or true")
         hidden = tuple(overrides.pop("hidden", spec.hidden))
         if overrides:
             raise TypeError(f"{name}: unexpected MLP options {sorted(overrides)}")
