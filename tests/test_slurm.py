@@ -33,6 +33,7 @@ TINY_STUDY = {
     "downsampling": {"runs": []},
     "training": {
         "lr": 1.0e-3,
+        "pretrained": False,  # tests never download weights
         "batch_size": 16,
         "max_epochs": 1,
         "patience": 1,

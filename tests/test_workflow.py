@@ -33,6 +33,7 @@ TINY_STUDY = {
     },
     "training": {
         "lr": 1.0e-3,
+        "pretrained": False,  # tests never download weights
         "batch_size": 16,
         "max_epochs": 2,
         "patience": 2,
