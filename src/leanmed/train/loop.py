@@ -449,22 +449,23 @@ def _load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _resumable(path: Path, fingerprint: dict) -> bool:
-    """True when ``path`` is a last.pt of this very configuration (an interrupted or finished run of this job)."""
+def _resumable_checkpoint(path: Path, fingerprint: dict) -> dict | None:
+    """The last.pt at ``path`` when it was written by this very configuration (an interrupted or finished run of this
+    job), else None (no file, or another configuration: the job starts over)."""
     if not path.is_file():
-        return False
-    written_by = _load_checkpoint(path).get("fingerprint")
+        return None
+    checkpoint = _load_checkpoint(path)
+    written_by = checkpoint.get("fingerprint")
     if written_by != fingerprint:
         logger.warning(
             "%s was written by another configuration (%s, now %s): starting this job over", path, written_by,
             fingerprint,
         )
-        return False
-    return True
+        return None
+    return checkpoint
 
 
-def _resume(path: Path, model, optimizer, scaler) -> _JobState:
-    checkpoint = _load_checkpoint(path)
+def _resume(checkpoint: dict, model, optimizer, scaler) -> _JobState:
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])
     if scaler is not None and checkpoint.get("scaler_state") is not None:
@@ -618,9 +619,11 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: _Stop
     fingerprint = _fingerprint(cfg, device)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    resumed_now = _resumable(last_path, fingerprint)
+    checkpoint = _resumable_checkpoint(last_path, fingerprint)
+    resumed_now = checkpoint is not None
     if resumed_now:
-        state = _resume(last_path, model, optimizer, scaler)
+        state = _resume(checkpoint, model, optimizer, scaler)
+        del checkpoint  # its tensors are copied into the model and optimiser
     else:
         state = _JobState()
         for stale in (last_path, best_path, out_dir / "metrics.json"):
