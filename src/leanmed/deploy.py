@@ -22,15 +22,12 @@ import pandas as pd
 import torch
 
 from leanmed.data.images import ImageDataset
+from leanmed.report.aggregate import run_dir
 from leanmed.train.measure import device_name, time_inference
 from leanmed.train.models import build_model
 from leanmed.train.settings import resolve
 
 BATCH_SIZE = 32
-
-
-def run_directory(runs_root, run) -> Path:
-    return Path(runs_root) / run["dataset"] / run["model"] / run["setting"] / f"s{run['scale']}" / f"seed{run['seed']}"
 
 
 def load_best_model(checkpoint_path) -> tuple[torch.nn.Module, dict]:
@@ -43,21 +40,22 @@ def load_best_model(checkpoint_path) -> tuple[torch.nn.Module, dict]:
     return model.float().eval(), checkpoint
 
 
-def benchmark_run(run_dir, split_csv, repeats=5, threads=1, max_images=256) -> dict:
+def benchmark_run(directory, split_csv, repeats=5, threads=1, max_images=256) -> dict:
     """CPU inference figures of one run's best checkpoint over its own test images (see the module docstring).
 
     At most ``max_images`` test images (the first ones of split.csv) are timed: latency and throughput do not depend
     on which images, and the full RSNA test set would take many minutes per large model on a CPU."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    directory = Path(directory)
+    metrics = json.loads((directory / "metrics.json").read_text())
     torch.set_num_threads(threads)
-    model, checkpoint = load_best_model(run_dir / "best.pt")
+    model, checkpoint = load_best_model(directory / "best.pt")
     test = ImageDataset(
         split_csv,
         "test",
         scale=metrics["run"]["scale"],
         downsample_mode=metrics["run"].get("downsample_mode", "pooled_upsampled"),
         image_size=checkpoint["image_size"],
+        preload=False,  # decode only the max_images timed below, not the whole test split
     )
     images = torch.stack([test[index][0] for index in range(min(len(test), max_images))])
     timing = time_inference(model, images, resolve("fp32", "cpu"), batch_size=BATCH_SIZE, repeats=repeats)
@@ -78,7 +76,7 @@ def benchmark_run(run_dir, split_csv, repeats=5, threads=1, max_images=256) -> d
 def deployment_record(run, runs_root, split_csv, repeats=5, threads=1, max_images=256) -> dict:
     """One run's CPU deployment figures, or a note saying why there are none (no best checkpoint)."""
     record = {key: run[key] for key in ("dataset", "model", "setting", "scale", "seed")}
-    directory = run_directory(runs_root, run)
+    directory = run_dir(runs_root, run["dataset"], run["model"], run["setting"], run["scale"], run["seed"])
     if not (directory / "best.pt").exists():
         record["note"] = f"no best checkpoint in {directory} (the run diverged before its first epoch)"
         return record
