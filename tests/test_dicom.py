@@ -219,39 +219,66 @@ def test_colour_samples_decode_like_pydicom(name):
     np.testing.assert_array_equal(dicom.read_dicom(path).pixels, reference)
 
 
+def pydicom_display(ds: Dataset) -> np.ndarray:
+    """pydicom's modality LUT + VOI of `ds`, scaled to 0..1 over the modality output's range, not inverted."""
+    reference = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    low = -(2 ** (ds.BitsStored - 1)) if ds.PixelRepresentation else 0
+    span = 2**ds.BitsStored - 1
+    if "RescaleSlope" in ds:
+        span = span * float(ds.RescaleSlope)
+        low = low * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return (reference - low) / span
+
+
+def leanmed_display(path: Path, photometric: str | None = None) -> np.ndarray:
+    """leanmed's single lookup table applied to the decoded file (optionally read as another photometric)."""
+    decoded = dicom.read_dicom(path)
+    if photometric:
+        decoded.dataset.PhotometricInterpretation = photometric
+    return np.take(dicom.voi_lut(decoded.dataset, dtype=np.float32), dicom.lut_indices(decoded.pixels))
+
+
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "CT_small.dcm", "MR_small_jp2klossless.dcm"])
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_samples_lookup_table_matches_pydicom_voi(tmp_path, name, photometric):
-    """leanmed's single table == pydicom's modality LUT + windowing (+ inversion for MONOCHROME1).
-
-    No MONOCHROME1 sample is installed (the CR ones come from pydicom-data), so real pixel data are relabelled
-    MONOCHROME1: the reference inverts pydicom's windowed image, leanmed must do the same.
-    """
+    """leanmed's single table == pydicom's modality LUT + windowing (+ inversion for MONOCHROME1), on grey
+    samples of other syntaxes relabelled MONOCHROME1 (the real MONOCHROME1 samples are checked below)."""
     ds = pydicom.dcmread(sample(name))
     ds.PhotometricInterpretation = photometric
     if "WindowCenter" not in ds:
         ds.WindowCenter, ds.WindowWidth = 100, 400
-    reference = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
-    if "RescaleSlope" in ds:
-        low = -(2 ** (ds.BitsStored - 1)) if ds.PixelRepresentation else 0
-        span = (2**ds.BitsStored - 1) * float(ds.RescaleSlope)
-        low = low * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    else:
-        low = -(2 ** (ds.BitsStored - 1)) if ds.PixelRepresentation else 0
-        span = 2**ds.BitsStored - 1
-    reference = (reference - low) / span
+    reference = pydicom_display(ds)
     if photometric == "MONOCHROME1":
         reference = 1 - reference
     path = tmp_path / "relabelled.dcm"
     ds.save_as(path)
-    decoded = dicom.read_dicom(path)
-    lut = dicom.voi_lut(decoded.dataset, dtype=np.float32)
-    ours = np.take(lut, dicom.lut_indices(decoded.pixels))
+    ours = leanmed_display(path)
     np.testing.assert_allclose(ours, reference, atol=1e-6)
     if photometric == "MONOCHROME1":
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        as_monochrome2 = np.take(dicom.voi_lut(ds, dtype=np.float32), dicom.lut_indices(decoded.pixels))
-        np.testing.assert_allclose(ours, 1 - as_monochrome2, atol=1e-6)
+        np.testing.assert_allclose(ours, 1 - leanmed_display(path, "MONOCHROME2"), atol=1e-6)
+
+
+MONOCHROME1_SAMPLES = sorted((SAMPLES / "dicomdirtests" / "77654033").glob("CR*/*"))
+
+
+@pytest.mark.parametrize("path", MONOCHROME1_SAMPLES, ids=lambda path: path.parent.name)
+def test_real_monochrome1_samples_are_inverted(path):
+    """pydicom's three MONOCHROME1 CR images (written elsewhere, windowed, rescaled): leanmed's table equals
+    1 - pydicom's windowed values, so the highest stored values (least attenuation when MONOCHROME1) come out
+    darkest and the lowest brightest."""
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and "WindowCenter" in ds and "RescaleSlope" in ds
+    ours = leanmed_display(path)
+    np.testing.assert_allclose(ours, 1 - pydicom_display(ds), atol=1e-6)
+    stored = ds.pixel_array
+    assert ours.flat[np.argmax(stored)] == ours.min() and ours.flat[np.argmin(stored)] == ours.max()
+    assert ours.max() > ours.min()
+    np.testing.assert_allclose(ours, 1 - leanmed_display(path, "MONOCHROME2"), atol=1e-6)
+
+
+def test_monochrome1_samples_are_installed():
+    """The check above must not pass by skipping: pydicom 3.0.2 ships these three files."""
+    assert len(MONOCHROME1_SAMPLES) == 3
 
 
 def test_pillow_reduced_decoder_gives_stored_values_on_samples():
@@ -323,6 +350,80 @@ def test_reduced_path_within_one_grey_level_of_exact(tmp_path):
     reduced, reduced_info = dicom.preprocess(path, image_size=64, path_mode="reduced")
     assert exact_info["reduce"] == 0 and reduced_info["reduce"] >= 2
     assert np.abs(exact.astype(float) - reduced.astype(float)).mean() <= 1.0
+
+
+def whole_decode_preprocess(path, **options):
+    """preprocess with region decoding off: the whole image is decoded."""
+    return dicom.preprocess(path, region_decoding=False, **options)
+
+
+needs_openjpeg = pytest.mark.skipif(not dicom.openjpeg.available(), reason=dicom.openjpeg.library_description())
+
+
+@needs_openjpeg
+@pytest.mark.parametrize("on_right", [False, True])
+def test_exact_j2k_decodes_only_the_breast_box_and_equals_a_whole_decode(tmp_path, monkeypatch, on_right):
+    pixels = synthetic_breast(1600, 1200, on_right=on_right, seed=5)
+    pixels[40:90, 1000 if not on_right else 60 : 1140 if not on_right else 200] = 4000  # a label off the breast
+    path = write_dicom(tmp_path / "j2k.dcm", pixels, JPEG2000Lossless, WindowCenter=2400, WindowWidth=3000)
+    region, region_info = dicom.preprocess(path, image_size=128, path_mode="exact")
+    whole, whole_info = whole_decode_preprocess(path, image_size=128, path_mode="exact")
+    assert region_info["decoder"] == dicom.DECODER_NAMES["jpeg2000_region"]
+    assert whole_info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and whole_info["decode_area"] is None
+    top, bottom, left, right = region_info["decode_area"]
+    assert (bottom - top) * (right - left) < 0.7 * pixels.size  # the label and most background never decoded
+    assert region_info["breast_box"] == whole_info["breast_box"]
+    box_top, box_bottom, box_left, box_right = region_info["breast_box"]
+    assert top <= box_top and box_bottom <= bottom and left <= box_left and box_right <= right
+    assert region_info["flipped"] == whole_info["flipped"] == on_right
+    np.testing.assert_array_equal(region, whole)
+
+
+@needs_openjpeg
+def test_region_falls_back_to_a_whole_decode_when_the_breast_leaves_the_decoded_area(tmp_path, monkeypatch):
+    """A one-pixel bright line (a wire, a skin fold) is averaged away on the coarse image; at full resolution it
+    reaches the decoded area's border, so the region cannot be trusted and the whole image is decoded."""
+    pixels = synthetic_breast(1600, 1200, seed=6)
+    pixels[50:800, 300] = 2000  # from near the top down into the breast; too thin and dim to show when coarse
+    path = write_dicom(tmp_path / "j2k.dcm", pixels, JPEG2000Lossless, WindowCenter=2400, WindowWidth=3000)
+    image, info = dicom.preprocess(path, image_size=128, path_mode="exact")
+    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and info["decode_area"] is None
+    assert info["breast_box"][0] == 50  # the line is part of the box, as on a whole decode
+    whole, whole_info = whole_decode_preprocess(path, image_size=128, path_mode="exact")
+    assert info["breast_box"] == whole_info["breast_box"]
+    np.testing.assert_array_equal(image, whole)
+
+
+@needs_openjpeg
+def test_region_needs_a_voi_else_the_whole_image_is_decoded(tmp_path, monkeypatch):
+    """Without a window the table is scaled by the whole image's range, which a region cannot give."""
+    path = write_dicom(tmp_path / "j2k.dcm", synthetic_breast(1600, 1200, seed=7), JPEG2000Lossless)
+    image, info = dicom.preprocess(path, image_size=64, path_mode="exact")
+    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and info["voi"]["voi"] != "window"
+    np.testing.assert_array_equal(image, whole_decode_preprocess(path, image_size=64)[0])
+
+
+def test_without_libopenjp2_the_whole_image_is_decoded(tmp_path, monkeypatch):
+    path = write_dicom(
+        tmp_path / "j2k.dcm", synthetic_breast(1600, 1200), JPEG2000Lossless, WindowCenter=2400, WindowWidth=3000
+    )
+    monkeypatch.setattr(dicom.openjpeg, "available", lambda: False)
+    image, info = dicom.preprocess(path, image_size=64)
+    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and info["decode_area"] is None
+    np.testing.assert_array_equal(image, whole_decode_preprocess(path, image_size=64)[0])
+
+
+def test_truncated_j2k_stream_fails_in_the_region_path_too(tmp_path):
+    """The coarse decode reads only the first resolution levels; a stream cut inside the finer ones is refused."""
+    pixels = synthetic_breast(1600, 1200, seed=8)
+    frame = imagecodecs.jpeg2k_encode(pixels, level=0, codecformat="J2K", reversible=True, bitspersample=12)
+    ds = base_dataset(pixels, WindowCenter=2400, WindowWidth=3000)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([frame[: len(frame) * 9 // 10]])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "cut_j2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    expect_error(path, "cannot decode")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -435,7 +536,7 @@ def test_crop_finds_an_ellipse_at_full_resolution():
     yy, xx = np.mgrid[0:height, 0:width]
     inside = ((yy - 1000) / 700.0) ** 2 + ((xx - 500) / 420.0) ** 2 <= 1
     image = np.where(inside, 50000, 1000).astype(np.uint16)
-    rows, columns = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    rows, columns = (np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0)))
     box, found, _ = dicom.find_breast(image)
     assert found
     assert box == (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1)

@@ -20,6 +20,7 @@ from typing import Iterable
 import pandas as pd
 from PIL import Image
 
+from leanmed.data import openjpeg
 from leanmed.data.dicom import DicomError, preprocess, write_png
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,8 @@ def convert_shard(
         tasks.append((str(source), str(target), image_size, bits, path_mode, flip_to_left))
         task_rows.append(row)
     log.info(
-        "shard %d/%d: %d images, %d already converted, %d to convert with %d worker(s), path_mode=%s",
+        "shard %d/%d: %d images, %d already converted, %d to convert with %d worker(s), path_mode=%s, "
+        "JPEG 2000 breast-box decoding with %s",
         shard,
         n_shards,
         len(in_shard),
@@ -159,6 +161,7 @@ def convert_shard(
         len(tasks),
         workers,
         path_mode,
+        openjpeg.library_description(),
     )
 
     started = time.perf_counter()
