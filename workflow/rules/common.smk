@@ -66,6 +66,11 @@ MISSING_DATA_HELP = {
         "https://github.com/stefanknegt/Probabilistic-Unet-Pytorch) and put it at config data.lidc.pickle.\n"
         "To try leanmed without it: `make demo` runs the whole study on generated data."
     ),
+    "lidc_ct": (
+        "LIDC-IDRI CT scans not found at {path} (config data.lidc.source is ct).\n"
+        "Download the LIDC-IDRI collection from TCIA (https://www.cancerimagingarchive.net/collection/lidc-idri/) "
+        "and put its LIDC-IDRI-XXXX folders under config data.lidc.ct.root, or set data.lidc.source: pickle."
+    ),
 }
 
 
@@ -82,7 +87,17 @@ def rsna_train_csv(wildcards):
 
 
 def lidc_pickle(wildcards):
+    """The patch pickle that LIDC labelling reads: downloaded, or built from the CT scans (data.lidc.source)."""
+    if config["data"]["lidc"]["source"] == "ct":
+        return f"{RESULTS}/lidc/from_ct/data_lidc.pickle"
     return raw_data_path("lidc")
+
+
+def lidc_ct_root(wildcards):
+    root = config["data"]["lidc"]["ct"]["root"]
+    if not Path(root).is_dir():
+        raise WorkflowError(MISSING_DATA_HELP["lidc_ct"].format(path=root))
+    return root
 
 
 # ---------------------------------------------------------------- data preparation

@@ -81,6 +81,24 @@ rule rsna_images:
         "../scripts/rsna_images.py"
 
 
+rule lidc_from_ct:
+    input:
+        ct_root=lidc_ct_root,
+    output:
+        pickle=f"{RESULTS}/lidc/from_ct/data_lidc.pickle",
+        report=f"{RESULTS}/lidc/from_ct/report.csv",
+    log:
+        f"{LOGS}/lidc/from_ct.log",
+    benchmark:
+        f"{BENCHMARKS}/lidc/from_ct.tsv"
+    conda:
+        "../../envs/leanmed.yaml"
+    params:
+        ct=config["data"]["lidc"]["ct"],
+    script:
+        "../scripts/lidc_from_ct.py"
+
+
 rule lidc_labels:
     input:
         pickle=lidc_pickle,
