@@ -326,12 +326,18 @@ def fake_scan(n_annotations: int) -> lidc_ct.ScanRecord:
     return lidc_ct.ScanRecord(1, "LIDC-IDRI-0000", "1.2.3", "1.2.3.1", 3.0, 0.7, np.array([0.0, 3.0, 6.0]), annotations)
 
 
-def test_cluster_of_more_than_four_reads_keeps_four_on_request(tmp_path):
+def five_reads_of_one_nodule(tmp_path):
+    """A scan whose single nodule has 5 annotations, written as a series; (scan, matched slice files)."""
     scan = fake_scan(5)
     folder = tmp_path / "series"
     lidc_ct.write_synthetic_series(scan, folder, shape=(64, 64))
     headers, _ = lidc_ct.read_series_headers(scan, folder)
     files, _ = lidc_ct.match_slices(scan, folder, headers)
+    return scan, files
+
+
+def test_cluster_of_more_than_four_reads_keeps_four_on_request(tmp_path):
+    scan, files = five_reads_of_one_nodule(tmp_path)
     patches, rows = lidc_ct.scan_patches(scan, files, 32, None, lidc_ct.DEFAULT_HU_WINDOW, 4, "keep")
     assert list(patches) == ["LIDC-IDRI-0000_scan0001_nodule01_slice001"]
     assert lidc.count_raters(patches["LIDC-IDRI-0000_scan0001_nodule01_slice001"]["masks"]) == 4
@@ -340,13 +346,8 @@ def test_cluster_of_more_than_four_reads_keeps_four_on_request(tmp_path):
 
 
 def test_cluster_of_more_than_four_reads_is_excluded_by_default(tmp_path):
-    scan = fake_scan(5)
-    folder = tmp_path / "series"
-    lidc_ct.write_synthetic_series(scan, folder, shape=(64, 64))
-    headers, _ = lidc_ct.read_series_headers(scan, folder)
-    files, _ = lidc_ct.match_slices(scan, folder, headers)
-    window = lidc_ct.DEFAULT_HU_WINDOW
-    patches, rows = lidc_ct.scan_patches(scan, files, 32, None, window, 4)
+    scan, files = five_reads_of_one_nodule(tmp_path)
+    patches, rows = lidc_ct.scan_patches(scan, files, 32, None, lidc_ct.DEFAULT_HU_WINDOW, 4)
     assert patches == {}
     assert [(r["level"], r["status"]) for r in rows] == [("nodule", "excluded")]
     assert "cluster of 5 annotations" in rows[0]["reason"]
