@@ -16,12 +16,7 @@ pytestmark = pytest.mark.skipif(not openjpeg.available(), reason=openjpeg.librar
 
 def encode(pixels: np.ndarray, bits: int, **options) -> bytes:
     return imagecodecs.jpeg2k_encode(
-        pixels,
-        level=0,
-        codecformat=options.pop("codecformat", "J2K"),
-        reversible=True,
-        bitspersample=bits,
-        **options,
+        pixels, level=0, codecformat=options.pop("codecformat", "J2K"), reversible=True, bitspersample=bits, **options
     )
 
 
@@ -46,14 +41,7 @@ def test_whole_image_equals_imagecodecs(image_12_bit):
 
 @pytest.mark.parametrize(
     "area",
-    [
-        (0, 700, 0, 530),
-        (13, 611, 77, 402),
-        (0, 1, 0, 1),
-        (699, 700, 529, 530),
-        (350, 700, 0, 265),
-        (1, 699, 1, 529),
-    ],
+    [(0, 700, 0, 530), (13, 611, 77, 402), (0, 1, 0, 1), (699, 700, 529, 530), (350, 700, 0, 265), (1, 699, 1, 529)],
 )
 def test_area_is_bit_identical_to_the_same_slice_of_a_whole_decode(image_12_bit, area):
     top, bottom, left, right = area
@@ -109,3 +97,25 @@ def test_corrupt_truncated_and_bad_areas_raise_with_openjpeg_messages(image_12_b
         openjpeg.decode(codestream, area=(10, 10, 0, 530))
     # The library state is not left broken: a good decode still works afterwards.
     np.testing.assert_array_equal(openjpeg.decode(codestream, area=(0, 5, 0, 5)), image_12_bit[:5, :5])
+
+
+J2K_SAMPLES = ["MR_small_jp2klossless.dcm", "J2K_pixelrep_mismatch.dcm", "JPEG2000.dcm", "693_J2KI.dcm"]
+
+
+@pytest.mark.parametrize("name", J2K_SAMPLES)
+def test_pydicom_j2k_samples_decode_like_pylibjpeg_openjpeg(name):
+    """Codestreams written elsewhere (pydicom's samples, lossless and lossy): the whole image and a rectangle equal
+    pylibjpeg-openjpeg's decode (its own OpenJPEG build) of the same frame."""
+    import openjpeg as pylibjpeg_openjpeg  # pylibjpeg-openjpeg's module
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom sample {name} not installed")
+    frame = next(pydicom.encaps.generate_frames(pydicom.dcmread(path).PixelData))
+    reference = np.asarray(pylibjpeg_openjpeg.decode(frame))
+    np.testing.assert_array_equal(openjpeg.decode(frame), reference)
+    rows, columns = reference.shape
+    area = (rows // 5, rows - rows // 7, columns // 3, columns - 1)
+    np.testing.assert_array_equal(openjpeg.decode(frame, area=area), reference[area[0] : area[1], area[2] : area[3]])
