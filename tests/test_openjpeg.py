@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 
 import imagecodecs
@@ -83,6 +84,20 @@ def test_signed_and_8_bit_samples():
 def test_jp2_wrapped_codestream(image_12_bit):
     decoded = openjpeg.decode(encode(image_12_bit, 12, codecformat="JP2"), area=(10, 20, 30, 50))
     np.testing.assert_array_equal(decoded, image_12_bit[10:20, 30:50])
+
+
+def test_decoding_leaves_no_reference_cycle_holding_the_codestream(image_12_bit):
+    """The stream's callbacks refer back to it; left as a cycle, each decode's codestream (megabytes for a
+    mammogram) would stay in memory until a cyclic garbage collection, and a worker's memory would climb."""
+    codestream = encode(image_12_bit, 12)
+    gc.collect()
+    gc.disable()
+    try:
+        openjpeg.decode(codestream, area=(0, 10, 0, 10))
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0
 
 
 def test_corrupt_truncated_and_bad_areas_raise_with_openjpeg_messages(image_12_bit):

@@ -204,6 +204,13 @@ class _MemoryStream:
         library.opj_stream_set_seek_function(self.handle, self.seek)
         library.opj_stream_set_user_data_length(self.handle, len(data))
 
+    def close(self, library: ctypes.CDLL) -> None:
+        """Destroy the OpenJPEG stream and drop the callbacks: they refer back to this object, a reference cycle
+        that would otherwise keep the codestream alive until the next cyclic garbage collection."""
+        library.opj_stream_destroy(self.handle)
+        self.read = self.skip = self.seek = None
+        self.data = b""
+
     def _read(self, buffer: int, size: int, _user: int) -> int:
         remaining = len(self.data) - self.position
         if remaining <= 0:
@@ -298,7 +305,7 @@ def decode(codestream: bytes, area: tuple[int, int, int, int] | None = None, red
         dtype = np.dtype(f"{'int' if component.sgnd else 'uint'}{container}")
         return samples.astype(dtype)  # a copy: OpenJPEG frees its buffer below
     finally:
+        stream.close(library)
+        library.opj_destroy_codec(codec)
         if image_pointer:
             library.opj_image_destroy(image_pointer)
-        library.opj_stream_destroy(stream.handle)
-        library.opj_destroy_codec(codec)
