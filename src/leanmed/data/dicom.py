@@ -13,7 +13,7 @@ Decoders were chosen by measurement on this project's machines (CPU seconds per 
   Pillow exposes OpenJPEG's `reduce` (decode at 1/2^r resolution without touching the finer wavelet levels):
   r=2 0.057 s, r=3 0.018 s; the "reduced" path uses it. None exposes OpenJPEG's decode area, so
   `leanmed.data.openjpeg` calls libopenjp2 through ctypes: the "exact" path finds the breast on a 1/8-resolution
-  decode and decodes only its box at full resolution (pixels bit-identical to a whole decode; about 20% less CPU
+  decode and decodes only its box at full resolution (pixels bit-identical to a whole decode; about 25% less CPU
   on generated mammograms whose breast covers about half the detector).
 - JPEG Lossless (.57/.70): libjpeg-turbo through imagecodecs 0.076 s, against liblj92 (imagecodecs) 0.12 s and
   pylibjpeg-libjpeg 0.39 s.

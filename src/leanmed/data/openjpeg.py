@@ -260,7 +260,7 @@ def decode(codestream: bytes, area: tuple[int, int, int, int] | None = None, red
         parameters = _DecoderParameters()
         library.opj_set_default_decoder_parameters(ctypes.byref(parameters))
         parameters.cp_reduce = int(reduce)
-        library.opj_codec_set_threads(codec, 1)  # figures are per core; the workflow parallelises over files
+        # No opj_codec_set_threads: even 1 thread is a worker pool with a hand-off per code-block (slower than none).
 
         def check(ok: int, step: str) -> None:
             if not ok:
