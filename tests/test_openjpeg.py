@@ -94,7 +94,7 @@ def test_decoding_leaves_no_reference_cycle_holding_the_codestream(image_12_bit)
     gc.disable()  # so that only reference counting can free the stream
     try:
         openjpeg.decode(codestream, area=(0, 10, 0, 10))
-        streams_left = [item for item in gc.get_objects() if isinstance(item, openjpeg._MemoryStream)]
+        streams_left = [item for item in gc.get_objects() if type(item) is openjpeg._MemoryStream]
     finally:
         gc.enable()
     assert streams_left == []
