@@ -184,7 +184,8 @@ def test_data_jobs_ask_for_no_gpu(cluster_run):
             assert option(argv, "-p") == "standin_cpu"
             assert option(argv, "--cpus-per-task") == "1"
             assert option(argv, "--ntasks") == "1"
-            assert option(argv, "--mem") == "4000"
+            # the profile's default, or its per-rule memory for the rules that load a whole dataset
+            assert option(argv, "--mem") == {"lidc_labels": "12000", "lidc_from_ct": "8000"}.get(rule, "4000")
             assert option(argv, "-t") == "30"
 
 
