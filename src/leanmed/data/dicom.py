@@ -253,11 +253,14 @@ def _rle_frame(frame: bytes, ds: pydicom.Dataset, rows: int, columns: int, sampl
     return planes[0] if samples == 1 else planes.transpose(1, 2, 0)
 
 
-def read_dicom(path: str | os.PathLike, reduce: int = 0, keep_codestream: bool = False) -> DecodedImage:
+def read_dicom(
+    path: str | os.PathLike, reduce: int = 0, keep_codestream: bool = False, min_side: float | None = None
+) -> DecodedImage:
     """Decode the first frame of a DICOM file to its stored pixel values.
 
     `reduce=r` decodes JPEG 2000 at 1/2^r of the full resolution directly from the coarser wavelet levels; r is
     clamped to the codestream's number of decomposition levels and ignored (0) for the other transfer syntaxes.
+    `min_side` chooses r from the header instead: the deepest level that keeps the longer side >= min_side pixels.
     `keep_codestream` keeps a JPEG 2000 frame in `codestream` (for `openjpeg.decode` of a region later).
     Raises DicomError (naming the file) for absent, unreadable, truncated or corrupt files, unsupported transfer
     syntaxes and missing pixel data.
@@ -298,6 +301,8 @@ def read_dicom(path: str | os.PathLike, reduce: int = 0, keep_codestream: bool =
     if bits_allocated not in (8, 16):
         raise DicomError(path, f"unsupported Bits Allocated {bits_allocated} (8 or 16 supported)")
     number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if min_side is not None:
+        reduce = reduce_level_for(rows, columns, min_side, oversample=1.0)
 
     levels = None
     applied_reduce = 0
@@ -832,7 +837,8 @@ def region_breast(decoded: DecodedImage, lut: np.ndarray) -> RegionBreast | None
         raise DicomError(decoded.path, f"decode area {area} gave shape {pixels.shape}, expected {expected}")
     display = np.take(lut, lut_indices(pixels))
     bright = display > coarse.threshold
-    bright_rows, bright_columns = (np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0)))
+    bright_rows = np.flatnonzero(bright.any(axis=1))
+    bright_columns = np.flatnonzero(bright.any(axis=0))
     if bright_rows.size == 0:
         return None
     r0, r1 = int(bright_rows[0]), int(bright_rows[-1]) + 1
@@ -888,35 +894,31 @@ def preprocess(
     # Exact path on JPEG 2000: a coarse decode finds the breast, then only its box is decoded at full resolution
     # (`region_breast`); whole-image decoding when no libopenjp2 is found or the region cannot be trusted.
     region_decoding = region_decoding and path_mode == "exact" and openjpeg.available()
-    reduce = 0
-    if path_mode == "reduced" or region_decoding:
-        rows_cols = _header_size(path)
-        if rows_cols and path_mode == "reduced":
-            reduce = reduce_level_for(*rows_cols, image_size, oversample)
-        elif rows_cols:
-            reduce = reduce_level_for(*rows_cols, REGION_COARSE_SIDE, oversample=1.0)
-    decoded = read_dicom(path, reduce=reduce, keep_codestream=region_decoding)
+    min_side = None
+    if path_mode == "reduced":
+        min_side = oversample * image_size
+    elif region_decoding:
+        min_side = REGION_COARSE_SIDE
+    decoded = read_dicom(path, keep_codestream=region_decoding, min_side=min_side)
     ds = decoded.dataset
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or decoded.pixels.ndim != 2:
         raise DicomError(path, f"not a grey image (Photometric Interpretation {photometric or 'missing'})")
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    # Without a VOI the table depends on the whole image's range: the region path needs a VOI.
-    breast_region = None
-    if region_decoding and decoded.reduce > 0 and has_voi:
-        lut, voi = build_lut(ds, None, None)
-        breast_region = region_breast(decoded, lut)
+    lut = voi = breast_region = None
+    if has_voi:
+        lut, voi = build_lut(ds)
+        # Without a VOI the table depends on the whole image's range, which a region cannot give.
+        if region_decoding and decoded.reduce > 0:
+            breast_region = region_breast(decoded, lut)
     if region_decoding and decoded.reduce > 0 and breast_region is None:
         decoded = _decode_whole_j2k(decoded)
     pixels = decoded.pixels
-    if breast_region is None:
-        stored_min = stored_max = None
-        if not has_voi:  # only then is the image's own range needed (one pass over it)
-            stored_min, stored_max = int(pixels.min()), int(pixels.max())
-        lut, voi = build_lut(ds, stored_min, stored_max)
+    if lut is None:  # no VOI: the table spans the image's own range (one pass over it)
+        lut, voi = build_lut(ds, int(pixels.min()), int(pixels.max()))
 
     if breast_region is not None:
-        breast, full_box, on_right = (breast_region.breast, breast_region.box, breast_region.on_right)
+        breast, full_box, on_right = breast_region.breast, breast_region.box, breast_region.on_right
         found = True
         resized = area_resize(breast, fitted_size(*breast.shape, image_size))
     elif decoded.reduce == 0:
@@ -929,7 +931,7 @@ def preprocess(
     else:
         box, found, on_right = find_breast(pixels, lut=lut)
         full_box, region = reduced_crop(box, decoded.reduce, pixels.shape, decoded.full_shape)
-        breast_height, breast_width = (full_box[1] - full_box[0], full_box[3] - full_box[2])
+        breast_height, breast_width = full_box[1] - full_box[0], full_box[3] - full_box[2]
         display = np.take(lut, lut_indices(pixels))  # small: the reduced image
         resized = area_resize(display, fitted_size(breast_height, breast_width, image_size), box=region)
     flipped = bool(flip_to_left and on_right)
@@ -960,15 +962,6 @@ def preprocess(
         "total_seconds": time.perf_counter() - started,
     }
     return image, info
-
-
-def _header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(Rows, Columns) read from the header alone, or None when the header cannot be read (read_dicom reports)."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-        return int(ds.Rows), int(ds.Columns)
-    except Exception:
-        return None
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
