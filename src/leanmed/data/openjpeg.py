@@ -139,7 +139,6 @@ def _declare(library: ctypes.CDLL) -> None:
             [ctypes.POINTER(_DecoderParameters)],
         ),
         "opj_setup_decoder": (ctypes.c_int, [p, ctypes.POINTER(_DecoderParameters)]),
-        "opj_codec_set_threads": (ctypes.c_int, [p, ctypes.c_int]),
         "opj_set_error_handler": (ctypes.c_int, [p, _MESSAGE, p]),
         "opj_stream_create": (p, [ctypes.c_size_t, ctypes.c_int]),
         "opj_stream_set_read_function": (None, [p, _READ]),
