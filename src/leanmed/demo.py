@@ -21,7 +21,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
+from leanmed.atomic import atomic_path
 from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -580,16 +580,12 @@ def generate_rsna(
         _attach_pixels(ds, stored, transfer_syntax)
         patient_dir = images_dir / str(row["patient_id"])
         patient_dir.mkdir(exist_ok=True)
-        # Written under a temporary name first, so that an interrupted run leaves no truncated DICOM behind.
-        dicom_path = patient_dir / f"{row['image_id']}.dcm"
-        temporary_dicom = dicom_path.with_suffix(".dcm.tmp")
-        ds.save_as(temporary_dicom, enforce_file_format=True)
-        os.replace(temporary_dicom, dicom_path)
+        # Written atomically, so that an interrupted run leaves no truncated DICOM behind.
+        with atomic_path(patient_dir / f"{row['image_id']}.dcm") as temporary:
+            ds.save_as(temporary, enforce_file_format=True)
 
-    csv_path = out_dir / "train.csv"
-    temporary = csv_path.with_suffix(".csv.tmp")
-    table.to_csv(temporary, index=False, lineterminator="\n")
-    os.replace(temporary, csv_path)
+    with atomic_path(out_dir / "train.csv") as temporary:
+        table.to_csv(temporary, index=False, lineterminator="\n")
     return table
 
 
@@ -713,11 +709,8 @@ def generate_lidc(out_path, n_patients=20, patches_per_patient=6, seed=0, patch_
             data[key] = {"image": image, "masks": masks, "series_uid": series_uid}
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(out_path.name + ".tmp")
-    with open(temporary, "wb") as handle:
+    with atomic_path(out_path) as temporary, open(temporary, "wb") as handle:
         pickle.dump(data, handle, protocol=4)
-    os.replace(temporary, out_path)
 
     n_by_raters = {k: int((raters_per_patch == k).sum()) for k in range(5)}
     return {

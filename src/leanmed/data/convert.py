@@ -20,6 +20,7 @@ from typing import Iterable
 import pandas as pd
 from PIL import Image
 
+from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
 from leanmed.data.dicom import DicomError, preprocess, write_png
 
@@ -202,11 +203,8 @@ def _collect(results: Iterable[tuple[str, str]], task_rows: list[int], statuses:
 
 
 def _write_csv_atomically(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

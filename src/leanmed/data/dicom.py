@@ -31,7 +31,6 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import imagecodecs
@@ -42,6 +41,7 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
+from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -967,17 +967,10 @@ def preprocess(
 def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
     """Write a 2-D uint8 (mode L) or uint16 (mode I;16) array as a grey PNG, atomically.
 
-    The PNG goes to a temporary file in the same directory first and is renamed over `path`, so a crash never
-    leaves a partial PNG under the final name.
+    The PNG goes to a temporary file in the same directory first and is renamed over `path`
+    (`leanmed.atomic.atomic_path`), so a crash never leaves a partial PNG under the final name.
     """
-    path = Path(path)
     if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"write_png needs a 2-D uint8 or uint16 array, got {image.dtype} {image.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from leanmed.data.splits import write_bytes_atomically, write_text_atomically
+from leanmed.atomic import write_bytes_atomically, write_text_atomically
 
 # Largest single read: macOS cannot read() 2 GiB or more in one call, hence the original writer's chunk size.
 MAX_READ_BYTES = 2**31 - 1

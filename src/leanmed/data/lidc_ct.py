@@ -66,7 +66,6 @@ import logging
 import os
 import pickle
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -84,8 +83,8 @@ from scipy import ndimage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
+from leanmed.atomic import atomic_path, write_text_atomically
 from leanmed.data.lidc import N_RATERS, LidcError, count_raters
-from leanmed.data.splits import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -768,20 +767,12 @@ def scan_patches(
 
 
 def write_pickle_atomically(path: str | os.PathLike, data: object) -> None:
-    """Pickle `data` (protocol 4) to a temporary file next to `path`, then `os.replace` it: readers see the old
-    file or the complete new one. Streams to disk, so the pickle is never held in memory as one bytes object."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            pickle.dump(data, handle, protocol=4)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Pickle `data` (protocol 4) atomically (`leanmed.atomic.atomic_path`), synced to disk before the rename.
+    Streams to the file, so the pickle is never held in memory as one bytes object."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        pickle.dump(data, handle, protocol=4)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def build_pickle(

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leanmed.data.splits import markdown_table, write_text_atomically
+from leanmed.atomic import write_text_atomically
+from leanmed.data.splits import markdown_table
 
 # Columns the cohort needs; a train.csv without any of them is rejected.
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "image_id", "laterality", "view", "age", "BIRADS")

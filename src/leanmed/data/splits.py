@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from leanmed.atomic import write_text_atomically
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 
@@ -33,29 +33,6 @@ _FRACTION_SUM_TOLERANCE = 1e-6
 class SplitError(ValueError):
     """The split cannot be made or written as asked: bad fractions, too few subjects, or a frame that breaks the
     split contract. The message names the config key or the column at fault."""
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `path` so that readers see either the old file or the complete new one.
-
-    The text goes to a temporary file in the same directory, which then replaces `path`; an interrupted job
-    therefore never leaves a half-written file that a later Snakemake run would take as finished.
-    """
-    write_bytes_atomically(path, text.encode("utf-8"))
-
-
-def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file in the same directory, then `os.replace`)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    file_descriptor, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(file_descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary_name, target)
-    except BaseException:
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
 
 
 def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from leanmed.atomic import atomic_path, write_text_atomically
 from leanmed.data.images import ImageDataset, make_loader, reseed_shuffle
 from leanmed.metrics import binary_metrics
 from leanmed.train.energy import EnergyMeter, prefetch_cpu_info, unmeasured
@@ -401,16 +402,10 @@ def _fingerprint(cfg: TrainConfig, device: str) -> dict:
 
 def _atomic_save(payload: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path`` (atomic on POSIX)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _checkpoint(
@@ -499,19 +494,15 @@ def _finite_or_none(value):
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
-    os.replace(temporary, path)
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def load_schema() -> dict:
