@@ -61,6 +61,7 @@ file's modality LUT (RescaleSlope / RescaleIntercept).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -275,6 +276,12 @@ def load_scans(
                 )
             )
     return scans
+
+
+def with_annotations(scan: ScanRecord, db_path: str | os.PathLike | None = None) -> ScanRecord:
+    """`scan` (from `load_scans(with_annotations=False)`) with its annotations and contours loaded."""
+    with closing(_connect(db_path)) as connection:
+        return dataclasses.replace(scan, annotations=_load_annotations(connection, scan.id))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -848,7 +855,7 @@ def build_pickle(
                     f"series {record.series_uid} ({record.patient_id}) found in several folders: "
                     + ", ".join(str(f) for f in folders)
                 )
-            (scan,) = load_scans(db_path, series_uids=[record.series_uid])
+            scan = with_annotations(record, db_path)
             headers, notes = read_series_headers(scan, folders[0])
             files, more_notes = match_slices(scan, folders[0], headers)
             patches, patch_rows = scan_patches(
