@@ -608,25 +608,21 @@ def coarse_breast(
 
 
 def find_breast(
-    image: np.ndarray,
-    lut: np.ndarray | None = None,
-    max_side: int = 512,
-    edge_fraction: float = 0.1,
-    min_area_fraction: float = 0.005,
-    min_contrast: float = 0.02,
+    image: np.ndarray, lut: np.ndarray | None = None, max_side: int = 512, **coarse_options: float
 ) -> tuple[tuple[int, int, int, int], bool, bool]:
     """Bounding box of the breast: the largest bright connected component.
 
     Works on `lut[image]` when `lut` is given (stored values -> display values, applied only to the pixels
     looked at). Found on a copy subsampled to at most `max_side` pixels per side (`coarse_breast`), then each
-    edge is refined at full resolution inside the one-step band where it must lie.
+    edge is refined at full resolution inside the one-step band where it must lie. `coarse_options`
+    (edge_fraction, min_area_fraction, min_contrast) go to `coarse_breast`.
     Returns (box, found, breast_on_right); box = (top, bottom, left, right), bottom/right exclusive; found is
     False (full-image box) when the image is blank (see `coarse_breast`).
     """
     height, width = image.shape[:2]
     full_box = (0, height, 0, width)
     step = _subsample_step(image.shape, max_side)
-    coarse = coarse_breast(image[::step, ::step], lut, edge_fraction, min_area_fraction, min_contrast)
+    coarse = coarse_breast(image[::step, ::step], lut, **coarse_options)
     if not coarse.found:
         return full_box, False, False
     threshold, breast_on_right = coarse.threshold, coarse.on_right
@@ -921,19 +917,18 @@ def preprocess(
         breast, full_box, on_right = breast_region.breast, breast_region.box, breast_region.on_right
         found = True
         resized = area_resize(breast, fitted_size(*breast.shape, image_size))
-    elif decoded.reduce == 0:
-        box, found, on_right = find_breast(pixels, lut=lut)
-        top, bottom, left, right = box
-        # Exact: the table is applied only inside the breast box (background pixels are never looked up).
-        full_box = box
-        breast = np.take(lut, lut_indices(pixels[top:bottom, left:right]))
-        resized = area_resize(breast, fitted_size(bottom - top, right - left, image_size))
     else:
         box, found, on_right = find_breast(pixels, lut=lut)
-        full_box, region = reduced_crop(box, decoded.reduce, pixels.shape, decoded.full_shape)
-        breast_height, breast_width = full_box[1] - full_box[0], full_box[3] - full_box[2]
-        display = np.take(lut, lut_indices(pixels))  # small: the reduced image
-        resized = area_resize(display, fitted_size(breast_height, breast_width, image_size), box=region)
+        if decoded.reduce == 0:
+            top, bottom, left, right = full_box = box
+            # Exact: the table is applied only inside the breast box (background pixels are never looked up).
+            breast = np.take(lut, lut_indices(pixels[top:bottom, left:right]))
+            resized = area_resize(breast, fitted_size(bottom - top, right - left, image_size))
+        else:
+            full_box, region = reduced_crop(box, decoded.reduce, pixels.shape, decoded.full_shape)
+            breast_height, breast_width = full_box[1] - full_box[0], full_box[3] - full_box[2]
+            display = np.take(lut, lut_indices(pixels))  # small: the reduced image
+            resized = area_resize(display, fitted_size(breast_height, breast_width, image_size), box=region)
     flipped = bool(flip_to_left and on_right)
     if flipped:
         resized = resized[:, ::-1]
