@@ -156,6 +156,48 @@ def test_a_changed_config_hash_starts_over(split_csv, tmp_path):
     assert rerun["training"]["resumed"] is False
 
 
+def _copy_split(split_csv, destination):
+    """A copy of the test split (split.csv and its PNGs) that a test may change."""
+    import shutil
+
+    source = os.path.dirname(split_csv)
+    shutil.copytree(source, destination)
+    return os.path.join(destination, "split.csv")
+
+
+def test_a_checkpoint_trained_on_another_split_is_not_resumed(split_csv, tmp_path):
+    """A finished job whose split.csv changed (new labels, here) trains from scratch instead of re-scoring the old
+    weights on the new test split, and ends as a clean run on the new split."""
+    changed = _copy_split(split_csv, tmp_path / "data")
+    run(config(changed, tmp_path / "run", max_epochs=2))
+    with open(changed) as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows[::3]:
+        row["label"] = str(1 - int(row["label"]))
+    with open(changed, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rerun = run(config(changed, tmp_path / "run", max_epochs=2))
+    fresh = run(config(changed, tmp_path / "fresh", max_epochs=2))
+    assert rerun["training"]["resumed"] is False
+    assert stable_part(rerun) == stable_part(fresh)
+    assert rerun["inputs"]["split_csv_sha256"] == fresh["inputs"]["split_csv_sha256"]
+
+
+def test_a_checkpoint_trained_on_other_pixels_is_not_resumed(split_csv, tmp_path):
+    """Re-converted images under the same paths (split.csv unchanged) also start the job over."""
+    changed = _copy_split(split_csv, tmp_path / "data")
+    first = run(config(changed, tmp_path / "run", max_epochs=2))
+    png = os.path.join(os.path.dirname(changed), "png", "0.png")
+    pixels = np.asarray(Image.open(png))
+    Image.fromarray(255 - pixels).save(png)
+    rerun = run(config(changed, tmp_path / "run", max_epochs=2))
+    assert rerun["training"]["resumed"] is False
+    assert rerun["inputs"]["split_csv_sha256"] == first["inputs"]["split_csv_sha256"]
+    assert rerun["inputs"]["images_sha256"] != first["inputs"]["images_sha256"]
+
+
 def test_rerun_of_a_finished_job_only_reevaluates(split_csv, tmp_path):
     first = run(config(split_csv, tmp_path, max_epochs=2))
     again = run(config(split_csv, tmp_path, max_epochs=2))
@@ -168,6 +210,8 @@ def test_forced_divergence_is_recorded_and_the_job_returns(split_csv, tmp_path):
     assert metrics["training"]["best_epoch"] is None and "training loss" in metrics["training"]["note"]
     assert metrics["test"]["accuracy"] is None
     validate_metrics(json.loads((tmp_path / "metrics.json").read_text()))
+    # Every declared output exists: no predictions, but the file with its header.
+    assert (tmp_path / "predictions.csv").read_text().splitlines() == [",".join(loop.PREDICTION_COLUMNS)]
 
 
 def test_divergence_after_a_good_epoch_evaluates_the_best_checkpoint(split_csv, tmp_path, monkeypatch):

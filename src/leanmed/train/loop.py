@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from leanmed.atomic import atomic_path, write_text_atomically
-from leanmed.data.images import ImageDataset, make_loader, reseed_shuffle
+from leanmed.data.images import ImageDataset, make_loader, reseed_shuffle, split_fingerprint
 from leanmed.metrics import binary_metrics
 from leanmed.train.energy import EnergyMeter, prefetch_cpu_info, unmeasured
 from leanmed.train.measure import (
@@ -389,12 +389,14 @@ class _JobState:
         return float(sum(row["epoch_val_seconds"] or 0.0 for row in self.history))
 
 
-def _fingerprint(cfg: TrainConfig, device: str) -> dict:
+def _fingerprint(cfg: TrainConfig, device: str, inputs: dict) -> dict:
     """What a last.pt must match to be resumed. The workflow's config_hash covers every option of the job and the
-    registry entries and training code behind it, so a rerun after any change starts over instead of continuing
-    weights trained under another definition."""
+    registry entries and training code behind it; ``inputs`` (``split_fingerprint``) covers the content of split.csv
+    and of every image it lists. A rerun after any change of options, code, split, labels or images starts over
+    instead of continuing (or re-scoring) weights trained under another definition or on other data."""
     values = {name: getattr(cfg, name) for name in RESULT_FIELDS}
     values["config_hash"] = cfg.config_hash
+    values["inputs"] = {key: inputs[key] for key in ("split_csv_sha256", "images_sha256", "n_images")}
     values["pretrained"] = str(values["pretrained"])
     values["device_type"] = torch.device(device).type
     return values
@@ -562,6 +564,8 @@ DEFINITIONS = {
                     "resumed job summed; energy_kwh excludes and energy_kwh_pue includes carbontracker's PUE; CO2eq "
                     "in grams; see method for what was really measured",
     "energy.inference": "carbontracker over the timed batch-32 test-set passes, per single pass (total / repeats)",
+    "inputs": "what the job read, by content: sha256 of split.csv and one sha256 over every listed image's path and "
+              "PNG bytes; a last.pt is resumed only when these, the job's options and the code match",
     "provenance.cuda": "CUDA version torch was built with, when the job ran on a GPU",
     "provenance.git_revision": "commit of the leanmed checkout that ran (null outside git); git_dirty: uncommitted "
                                "changes to tracked files",
@@ -607,7 +611,8 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: _Stop
     model = model.to(device=device, dtype=resolved.weight_dtype)
     optimizer = build_optimizer(model.parameters(), resolved, cfg.lr)
     scaler = make_grad_scaler(resolved)
-    fingerprint = _fingerprint(cfg, device)
+    inputs = split_fingerprint(cfg.split_csv)
+    fingerprint = _fingerprint(cfg, device, inputs)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
     checkpoint = _resumable_checkpoint(last_path, fingerprint)
@@ -654,7 +659,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: _Stop
     # ---- record ---------------------------------------------------------------------------------------------------
     memory_block = _memory_block(state, model, optimizer, gradients_measured, inference_memory)
     metrics = _metrics(cfg, state, resolved, model, input_size, test_block, memory_block, inference_block,
-                       energy_train, energy_inference)
+                       energy_train, energy_inference, inputs)
     _write_csv(out_dir / "epochs.csv", EPOCH_COLUMNS, state.history)
     validate_metrics(metrics)
     _write_json(out_dir / "metrics.json", metrics)
@@ -742,6 +747,8 @@ def _test_and_time(cfg, state, model, resolved, test_dataset, test_loader, best_
     if state.best_epoch is None or not best_path.is_file():
         reason = "no checkpoint: training diverged before any epoch finished with a finite validation loss"
         test_block["note"] = inference_block["note"] = reason
+        # Every run ends with all its declared outputs: no test predictions, but the file with its header.
+        _write_csv(out_dir / "predictions.csv", PREDICTION_COLUMNS, [])
         return test_block, inference_block, None, unmeasured(reason)
 
     best = _load_checkpoint(best_path)
@@ -819,7 +826,7 @@ def _memory_block(state, model, optimizer, gradients_measured, inference_memory)
 
 
 def _metrics(cfg, state, resolved, model, input_size, test_block, memory_block, inference_block,
-             energy_train, energy_inference) -> dict:
+             energy_train, energy_inference, inputs) -> dict:
     spec = get_model_spec(cfg.model)
     n_parameters = sum(parameter.numel() for parameter in model.parameters())
     best_rows = [row for row in state.history if state.best_epoch is not None and row["epoch"] <= state.best_epoch]
@@ -860,6 +867,7 @@ def _metrics(cfg, state, resolved, model, input_size, test_block, memory_block, 
             "train": energy_train.result(),
             "inference": energy_inference,
         },
+        "inputs": inputs,
         "provenance": provenance(cfg.config_hash, resolved.device),
         "definitions": dict(DEFINITIONS),
     }
