@@ -516,6 +516,37 @@ def lut_indices(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
+def stored_range(ds: pydicom.Dataset, pixels: np.ndarray) -> tuple[int, int]:
+    """(min, max) of the stored values as `build_lut` reads them: masked to Bits Stored, sign-extended when
+    Pixel Representation is 1.
+
+    Raw words can differ from those values: signed data whose high bits are not sign-extended (a 12-of-16 bit
+    word 0x0FFF is -1, not 4095), or overlay/garbage bits above Bits Stored. The raw min/max are used when they
+    already lie inside the Bits Stored range (then masking changes nothing); otherwise the bit patterns present
+    are counted (one pass, a 2^BitsAllocated histogram, no image-sized copy) and mapped to stored values.
+    """
+    bits_allocated = int(ds.BitsAllocated)
+    bits_stored = int(ds.get("BitsStored", bits_allocated))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    low_stored = -(1 << (bits_stored - 1)) if signed else 0
+    high_stored = (1 << (bits_stored - 1)) - 1 if signed else (1 << bits_stored) - 1
+    raw_min, raw_max = int(pixels.min()), int(pixels.max())
+    if low_stored <= raw_min and raw_max <= high_stored:
+        return raw_min, raw_max
+    present = np.flatnonzero(np.bincount(lut_indices(pixels).ravel(), minlength=2**bits_allocated))
+    stored = present & ((1 << bits_stored) - 1)
+    if signed:
+        stored = np.where(stored >= 1 << (bits_stored - 1), stored - (1 << bits_stored), stored)
+    return int(stored.min()), int(stored.max())
+
+
+def display_image(decoded: DecodedImage, dtype: Any = np.uint16) -> tuple[np.ndarray, dict]:
+    """The whole decoded image through its lookup table (`build_lut`; without a VOI, over `stored_range`), before
+    any crop or resize, as `preprocess` sees it; and the VOI description. uint16 0..65535 or float32 0..1."""
+    lut, voi = build_lut(decoded.dataset, *stored_range(decoded.dataset, decoded.pixels), dtype=dtype)
+    return np.take(lut, lut_indices(decoded.pixels)), voi
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Breast detection, crop, flip, pad, resize
 # --------------------------------------------------------------------------------------------------------------
@@ -911,7 +942,7 @@ def preprocess(
         decoded = _decode_whole_j2k(decoded)
     pixels = decoded.pixels
     if lut is None:  # no VOI: the table spans the image's own range (one pass over it)
-        lut, voi = build_lut(ds, int(pixels.min()), int(pixels.max()))
+        lut, voi = build_lut(ds, *stored_range(ds, pixels))
 
     if breast_region is not None:
         breast, full_box, on_right = breast_region.breast, breast_region.box, breast_region.on_right
