@@ -941,7 +941,7 @@ def preprocess(
     if region_decoding and decoded.reduce > 0 and breast_region is None:
         decoded = _decode_whole_j2k(decoded)
     pixels = decoded.pixels
-    if lut is None:  # no VOI: the table spans the image's own range (one pass over it)
+    if lut is None:  # no VOI: the table spans the image's own stored-value range (`stored_range`)
         lut, voi = build_lut(ds, *stored_range(ds, pixels))
 
     if breast_region is not None:
