@@ -205,7 +205,6 @@ def test_profile_resources_scale_by_model_in_a_dry_run(tmp_path, monkeypatch):
     workdir = copy_workflow(tmp_path / "study")
     models = ["densenet121", "swinv2_base_window8_256", "mlp"]
     plan = dict(TINY_STUDY, demo={"enabled": True}, datasets={"lidc": {"models": models}}, seeds=[1])
-    plan["data"] = {"lidc": {"pickle": "data/demo/lidc/data_lidc.pickle"}}
     write_config(workdir / "plan.yaml", plan)
     cluster_environment(monkeypatch, install_standins(tmp_path / "bin"), tmp_path / "calls.jsonl")
     targets = [f"results/runs/lidc/{model}/fp32/s1/seed1/metrics.json" for model in models]

@@ -12,10 +12,6 @@ from workflow_helpers import copy_workflow, planned_jobs, snakemake, write_confi
 pytestmark = pytest.mark.integration
 
 TINY_STUDY = {
-    "data": {
-        "rsna": {"train_csv": "data/demo/rsna/train.csv", "images_dir": "data/demo/rsna/train_images"},
-        "lidc": {"pickle": "data/demo/lidc/data_lidc.pickle"},
-    },
     "demo": {
         "enabled": True,
         "seed": 3,

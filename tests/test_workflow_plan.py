@@ -90,3 +90,50 @@ def test_a_corrupt_dicom_is_excluded_with_its_reason_and_the_rest_converted(work
     assert process.returncode != 0
     assert "dicom.max_excluded_fraction" in process.stdout + process.stderr
     assert all((workdir / "results/rsna" / path).is_file() for path in images["path"])
+
+
+RAW_PATHS = ("data/rsna/train.csv", "data/rsna/train_images", "data/lidc/data_lidc.pickle")
+SMALL_DEMO = {"rsna": {"patients": 6, "height": 64, "width": 52}, "lidc": {"patients": 4, "patches_per_patient": 2}}
+
+
+def planned_outputs(text):
+    """Every path a dry run lists as some job's output."""
+    outputs = []
+    for line in text.splitlines():
+        if line.strip().startswith("output:"):
+            outputs += [path.strip() for path in line.split(":", 1)[1].split(",")]
+    return outputs
+
+
+@pytest.mark.parametrize("demo", [False, True], ids=["real-data", "demo-mode"])
+def test_no_rule_can_rewrite_or_delete_the_raw_data(workdir, demo):
+    """With raw data in place, neither a forced rerun of everything nor --delete-all-output touches it; in demo mode
+    the generated data lives under demo.dir and only that is regenerated or deleted."""
+    place_generated_data(workdir)
+    write_config(workdir / "mode.yaml", {"demo": {"enabled": demo, **SMALL_DEMO}})
+    if demo:
+        snakemake(workdir, "data/demo/rsna/train.csv", "--cores", "1", "--configfile", "mode.yaml")
+    forced = snakemake(workdir, "-n", "-F", "--configfile", "mode.yaml")
+    outputs = planned_outputs(forced.stdout)
+    assert outputs, forced.stdout[-3000:]
+    deletion = snakemake(workdir, "--delete-all-output", "-n", "--configfile", "mode.yaml")
+    deleted = deletion.stdout + deletion.stderr
+    for raw in RAW_PATHS:
+        assert not [path for path in outputs if path.startswith(raw)], f"{raw} is a planned output"
+        assert raw not in deleted, f"--delete-all-output lists {raw}:\n{deleted[-3000:]}"
+    if demo:
+        assert "data/demo/rsna/train.csv" in outputs
+        assert "data/demo/rsna/train.csv" in deleted
+    else:
+        assert "demo_data" not in forced.stdout
+    # The raw files are still there, unchanged in size.
+    assert all((workdir / raw).exists() for raw in RAW_PATHS)
+
+
+def test_a_demo_folder_over_raw_data_is_refused(workdir):
+    place_generated_data(workdir)
+    write_config(workdir / "overlap.yaml", {"demo": {"enabled": True, "dir": "data"}})
+    process = snakemake(workdir, "-n", "--configfile", "overlap.yaml", check=False)
+    message = process.stdout + process.stderr
+    assert process.returncode != 0
+    assert "demo.dir" in message and "data.rsna.train_csv" in message

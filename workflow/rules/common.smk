@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import leanmed
+from leanmed.fingerprint import code_version
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from snakemake.exceptions import WorkflowError
@@ -74,12 +75,65 @@ MISSING_DATA_HELP = {
 }
 
 
+# Raw data is never a rule's output: no rule can write, force-rerun (-F, -R, a code or params trigger) or delete
+# (--delete-all-output) the configured data paths. Generated demo data lives in a folder of its own (demo.dir), and
+# the rule that writes it exists only in demo mode; then the configured data paths are not read at all.
+DEMO = config["demo"]["enabled"]
+DEMO_DIR = config["demo"]["dir"].rstrip("/")
+DEMO_DATA = dict(
+    rsna_csv=f"{DEMO_DIR}/rsna/train.csv",
+    rsna_images_dir=f"{DEMO_DIR}/rsna/train_images",
+    lidc_pickle=f"{DEMO_DIR}/lidc/data_lidc.pickle",
+)
+
+
+def configured_raw_paths():
+    """config key -> the user's raw data path (what no rule may touch)."""
+    data = config["data"]
+    return {
+        "data.rsna.train_csv": data["rsna"]["train_csv"],
+        "data.rsna.images_dir": data["rsna"]["images_dir"],
+        "data.lidc.pickle": data["lidc"]["pickle"],
+        "data.lidc.ct.root": data["lidc"]["ct"]["root"],
+    }
+
+
+def check_demo_config():
+    """In demo mode the generated data must not land on, in, or around a configured raw data path."""
+    if not DEMO:
+        return
+    demo_dir = Path(DEMO_DIR).resolve()
+    for key, path in configured_raw_paths().items():
+        raw = Path(path).resolve()
+        if raw == demo_dir or demo_dir in raw.parents or raw in demo_dir.parents:
+            raise WorkflowError(
+                f"config key demo.dir ({DEMO_DIR}) overlaps {key} ({path}): the demo would write generated data "
+                f"where raw data is configured. Choose another demo.dir, or leave {key} at a path outside it "
+                "(in demo mode the data: paths are not read)."
+            )
+    if config["data"]["lidc"]["source"] != "pickle":
+        raise WorkflowError(
+            "config key data.lidc.source is ct, but demo.enabled is true: the demo generates the LIDC pickle; "
+            "set data.lidc.source: pickle for the demo."
+        )
+
+
+check_demo_config()
+
+
 def raw_data_path(dataset):
-    """Path of the raw input of `dataset`; produced by rule demo_data in demo mode, else it must exist."""
+    """Path of the raw input of `dataset`: the generated one in demo mode, else the configured one, which must exist."""
+    if DEMO:
+        return DEMO_DATA["rsna_csv"] if dataset == "rsna" else DEMO_DATA["lidc_pickle"]
     path = config["data"]["rsna"]["train_csv"] if dataset == "rsna" else config["data"]["lidc"]["pickle"]
-    if not config["demo"]["enabled"] and not Path(path).exists():
+    if not Path(path).exists():
         raise WorkflowError(MISSING_DATA_HELP[dataset].format(path=path))
     return path
+
+
+def rsna_images_dir():
+    """Folder of the RSNA DICOMs (<patient_id>/<image_id>.dcm): the generated one in demo mode, else configured."""
+    return DEMO_DATA["rsna_images_dir"] if DEMO else config["data"]["rsna"]["images_dir"]
 
 
 def rsna_train_csv(wildcards):
@@ -115,14 +169,24 @@ def conversion_memory_mb(wildcards, threads):
     return 400 * threads + 600
 
 
+# Fingerprints of the package code behind each data step (leanmed.fingerprint.CODE_GROUPS). Snakemake's code trigger
+# sees only a rule's script, not the package it imports: passed as params, they rerun a step when its code changes.
+PREPROCESSING_CODE_VERSION = code_version("dicom_preprocessing")
+RSNA_COHORT_CODE_VERSION = code_version("rsna_cohort")
+LIDC_FROM_CT_CODE_VERSION = code_version("lidc_from_ct")
+LIDC_LABELS_CODE_VERSION = code_version("lidc_labels")
+SPLIT_CODE_VERSION = code_version("split")
+
+
 def dicom_preprocessing():
-    """How the PNGs were made, recorded beside images.csv (options that change pixels only)."""
+    """How the PNGs were made, recorded beside images.csv (options that change pixels, and the preprocessing code)."""
     dicom = config["dicom"]
     return dict(
         image_size=config["image_size"],
         png_bits=dicom["png_bits"],
         path_mode=dicom["path_mode"],
         flip_to_left=dicom["flip_to_left"],
+        code=PREPROCESSING_CODE_VERSION,
     )
 
 

@@ -1,21 +1,23 @@
 # Data preparation: generated demo data, RSNA cohort and DICOM -> PNG, LIDC labelling, subject-level splits.
 
 
-rule demo_data:
-    output:
-        rsna_csv=config["data"]["rsna"]["train_csv"],
-        lidc_pickle=config["data"]["lidc"]["pickle"],
-    log:
-        f"{LOGS}/demo_data.log",
-    benchmark:
-        f"{BENCHMARKS}/demo_data.tsv"
-    conda:
-        "../../envs/leanmed.yaml"
-    params:
-        images_dir=config["data"]["rsna"]["images_dir"],
-        demo=config["demo"],
-    script:
-        "../scripts/demo_data.py"
+if DEMO:
+
+    rule demo_data:
+        output:
+            rsna_csv=DEMO_DATA["rsna_csv"],
+            lidc_pickle=DEMO_DATA["lidc_pickle"],
+        log:
+            f"{LOGS}/demo_data.log",
+        benchmark:
+            f"{BENCHMARKS}/demo_data.tsv"
+        conda:
+            "../../envs/leanmed.yaml"
+        params:
+            demo=config["demo"],
+            code=code_version("demo"),
+        script:
+            "../scripts/demo_data.py"
 
 
 rule rsna_cohort:
@@ -30,8 +32,9 @@ rule rsna_cohort:
     conda:
         "../../envs/leanmed.yaml"
     params:
-        images_dir=config["data"]["rsna"]["images_dir"],
+        images_dir=rsna_images_dir(),
         max_age=config["cohort"]["rsna"]["max_age"],
+        code=RSNA_COHORT_CODE_VERSION,
     script:
         "../scripts/rsna_cohort.py"
 
@@ -40,7 +43,8 @@ rule dicom_to_png:
     input:
         cohort=f"{RESULTS}/rsna/cohort.csv",
     output:
-        # Merged into images.csv, then removed; the PNGs themselves are kept (and never redone).
+        # Merged into images.csv, then removed; the PNGs themselves are kept, and redone only when their recorded
+        # fingerprint (options, preprocessing code, source DICOM) is not the current one.
         manifest=temp(f"{RESULTS}/rsna/png/manifest_{{shard}}.csv"),
     log:
         f"{LOGS}/rsna/dicom_to_png_{{shard}}.log",
@@ -52,13 +56,14 @@ rule dicom_to_png:
     resources:
         mem_mb=conversion_memory_mb,
     params:
-        images_dir=config["data"]["rsna"]["images_dir"],
+        images_dir=rsna_images_dir(),
         out_root=folder_of_output,
         n_shards=config["dicom"]["shards"],
         image_size=config["image_size"],
         bits=config["dicom"]["png_bits"],
         path_mode=config["dicom"]["path_mode"],
         flip_to_left=config["dicom"]["flip_to_left"],
+        preprocessing_code=PREPROCESSING_CODE_VERSION,
     script:
         "../scripts/dicom_to_png.py"
 
@@ -71,7 +76,9 @@ rule rsna_images:
         excluded=f"{RESULTS}/rsna/excluded.csv",
         preprocessing=f"{RESULTS}/rsna/preprocessing.json",
     log:
-        f"{LOGS}/rsna/images.log",
+        log=f"{LOGS}/rsna/images.log",
+        # The full exclusion list again: Snakemake keeps a failed job's logs, but deletes excluded.csv.
+        excluded=f"{LOGS}/rsna/excluded.csv",
     conda:
         "../../envs/leanmed.yaml"
     params:
@@ -88,13 +95,16 @@ rule lidc_from_ct:
         pickle=f"{RESULTS}/lidc/from_ct/data_lidc.pickle",
         report=f"{RESULTS}/lidc/from_ct/report.csv",
     log:
-        f"{LOGS}/lidc/from_ct.log",
+        log=f"{LOGS}/lidc/from_ct.log",
+        # The scans not found under ct.root, kept when too many of them fail the job.
+        missing_scans=f"{LOGS}/lidc/from_ct_missing_scans.csv",
     benchmark:
         f"{BENCHMARKS}/lidc/from_ct.tsv"
     conda:
         "../../envs/leanmed.yaml"
     params:
         ct=config["data"]["lidc"]["ct"],
+        code=LIDC_FROM_CT_CODE_VERSION,
     script:
         "../scripts/lidc_from_ct.py"
 
@@ -114,6 +124,7 @@ rule lidc_labels:
         out_dir=folder_of_output,
         image_size=config["image_size"],
         min_raters=config["cohort"]["lidc"]["min_raters"],
+        code=LIDC_LABELS_CODE_VERSION,
     script:
         "../scripts/lidc_labels.py"
 
@@ -132,5 +143,6 @@ rule split:
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
+        code=SPLIT_CODE_VERSION,
     script:
         "../scripts/split.py"

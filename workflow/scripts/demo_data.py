@@ -10,13 +10,7 @@ logging.getLogger("openjpeg").setLevel(logging.WARNING)  # one INFO line per enc
 from leanmed.demo import generate_lidc, generate_rsna
 
 demo = snakemake.params.demo
-rsna_dir = Path(snakemake.output.rsna_csv).parent
-images_dir = Path(snakemake.params.images_dir)
-if images_dir != rsna_dir / "train_images":
-    raise ValueError(
-        f"config data.rsna.images_dir ({images_dir}) must be train_images/ beside data.rsna.train_csv "
-        f"({rsna_dir / 'train_images'}) when demo.enabled is true: that is the Kaggle layout the generator writes."
-    )
+rsna_dir = Path(snakemake.output.rsna_csv).parent  # train.csv and train_images/ beside it: the Kaggle layout
 frame = generate_rsna(
     rsna_dir,
     n_patients=demo["rsna"]["patients"],
