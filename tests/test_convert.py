@@ -75,10 +75,17 @@ def study(tmp_path):
     return {"cohort_csv": cohort_csv, "images_dir": images_dir, "out_root": tmp_path / "rsna" / "png", "rows": rows}
 
 
-def run_all_shards(study, n_shards=2, workers=1):
+def run_all_shards(study, n_shards=2, workers=1, image_size=IMAGE_SIZE, **options):
     return [
         convert.convert_shard(
-            study["cohort_csv"], study["images_dir"], study["out_root"], shard, n_shards, IMAGE_SIZE, workers=workers
+            study["cohort_csv"],
+            study["images_dir"],
+            study["out_root"],
+            shard,
+            n_shards,
+            image_size,
+            workers=workers,
+            **options,
         )
         for shard in range(n_shards)
     ]
@@ -105,7 +112,7 @@ def test_convert_shard_excludes_bad_files_and_keeps_the_rest(study):
     assert sorted(excluded.index) == ["5005", "5006"]
     corrupt_reason = excluded.loc["5005", "reason"].lower()
     assert "102/5005.dcm" in corrupt_reason and ("pixel data" in corrupt_reason or "dicom" in corrupt_reason)
-    assert "103/5006.dcm" in excluded.loc["5006", "reason"] and "not found" in excluded.loc["5006", "reason"]
+    assert "103/5006.dcm" in excluded.loc["5006", "reason"] and "file missing" in excluded.loc["5006", "reason"]
     assert (excluded["path"] == "").all()
 
     converted = merged[merged["status"] == "ok"]
@@ -149,6 +156,100 @@ def test_png_of_other_settings_is_redone(study):
     assert not convert.is_complete_png(png, IMAGE_SIZE, 16)
 
 
+OLD_NS = 1_000_000_000_000_000_000  # a recognisable past mtime: a rewrite replaces it
+
+
+def age_pngs(study) -> dict[Path, bytes]:
+    """Give every PNG the mtime OLD_NS; their bytes, by path."""
+    pngs = sorted(study["out_root"].glob("images/*/*.png"))
+    for png in pngs:
+        os.utime(png, ns=(OLD_NS, OLD_NS))
+    return {png: png.read_bytes() for png in pngs}
+
+
+def by_image(manifests) -> pd.DataFrame:
+    return pd.concat(manifests, ignore_index=True).sort_values("image_id").set_index("image_id")
+
+
+def test_png_records_its_fingerprint_and_the_manifest_too(study):
+    manifest = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) == 6 and ok["fingerprint"].str.fullmatch("[0-9a-f]{16}").all()
+    assert (manifest.loc[manifest["status"] == "excluded", "fingerprint"] == "").all()
+    for image_id, row in ok.iterrows():
+        png = study["out_root"].parent / row["path"]
+        assert convert.png_fingerprint(png) == row["fingerprint"]
+        source = study["images_dir"] / f"{row['subject_id']}/{image_id}.dcm"
+        preprocessing = convert.preprocessing_version(IMAGE_SIZE, 8, "exact", True, "code-1")
+        stat = source.stat()
+        assert row["fingerprint"] == convert.image_fingerprint(preprocessing, stat.st_size, stat.st_mtime_ns)
+    # The default code version is the installed package's.
+    assert convert.preprocessing_version(IMAGE_SIZE, 8, "exact", True) == convert.preprocessing_version(
+        IMAGE_SIZE, 8, "exact", True, convert.code_version("dicom_preprocessing")
+    )
+
+
+def test_unchanged_pngs_keep_their_bytes_and_mtime(study):
+    first = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    before = age_pngs(study)
+    second = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    pd.testing.assert_frame_equal(first, second)
+    for png, data in before.items():
+        assert png.stat().st_mtime_ns == OLD_NS and png.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"path_mode": "reduced"},
+        {"flip_to_left": False},
+        {"preprocessing_code": "code-2"},
+        {"image_size": IMAGE_SIZE + 8},
+        {"bits": 16},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_a_change_of_preprocessing_reconverts_every_png(study, change):
+    first = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    before = age_pngs(study)
+    second = by_image(run_all_shards(study, **{"preprocessing_code": "code-1", **change}))
+    ok = second["status"] == "ok"
+    assert ok.sum() == 6
+    assert (second.loc[ok, "fingerprint"] != first.loc[ok, "fingerprint"]).all()
+    for png in before:
+        assert png.stat().st_mtime_ns != OLD_NS, png
+        assert convert.png_fingerprint(png) == second.loc[png.stem, "fingerprint"]
+    # Back to the first settings: reconverted again, to the first fingerprints.
+    third = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    pd.testing.assert_frame_equal(first, third)
+
+
+def test_a_replaced_dicom_is_reconverted_alone(study):
+    first = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    before = age_pngs(study)
+    replaced = study["images_dir"] / "100/5000.dcm"
+    write_mammogram(replaced, seed=99)  # another image under the same name
+    second = by_image(run_all_shards(study, preprocessing_code="code-1"))
+    assert second.loc["5000", "fingerprint"] != first.loc["5000", "fingerprint"]
+    for png, data in before.items():
+        if png.stem == "5000":
+            assert png.stat().st_mtime_ns != OLD_NS and png.read_bytes() != data
+        else:
+            assert png.stat().st_mtime_ns == OLD_NS and png.read_bytes() == data
+
+
+def test_an_absent_dicom_is_excluded_as_file_missing(study):
+    manifest = by_image(run_all_shards(study))
+    reason = manifest.loc["5006", "reason"]
+    assert manifest.loc["5006", "status"] == "excluded"
+    assert reason == f"file missing: {study['images_dir'] / '103/5006.dcm'}"
+    # A DICOM deleted after its PNG was made is excluded too (the raw data decides), its stale PNG not listed.
+    (study["images_dir"] / "100/5000.dcm").unlink()
+    again = by_image(run_all_shards(study))
+    assert again.loc["5000", "status"] == "excluded" and again.loc["5000", "reason"].startswith("file missing: ")
+    assert again.loc["5000", "path"] == ""
+
+
 def test_workers_give_the_same_result(study, tmp_path):
     serial = pd.concat(run_all_shards(study, n_shards=1), ignore_index=True)
     serial_pixels = {p.name: np.asarray(Image.open(p)) for p in study["out_root"].glob("images/*/*.png")}
@@ -188,10 +289,29 @@ def test_merge_manifests_fails_over_the_threshold_after_writing(study, tmp_path)
         convert.merge_manifests(paths, images_csv, excluded_csv, max_excluded_fraction=0.01)
     message = str(caught.value)
     assert "2 of 8 images" in message
+    assert "1 of them absent: file missing" in message  # the absent DICOM counts toward the limit
     assert "dicom.max_excluded_fraction" in message
     assert "102/5005.dcm" in message and "103/5006.dcm" in message
     assert images_csv.exists() and excluded_csv.exists()
     assert len(pd.read_csv(excluded_csv)) == 2
+
+
+def test_merge_manifests_keeps_the_exclusion_list_where_it_says(study, tmp_path):
+    """Snakemake deletes excluded.csv with the failed job: the full list also goes to a kept file, which the
+    error names instead."""
+    paths = write_manifests(study, tmp_path)
+    images_csv, excluded_csv = tmp_path / "rsna" / "images.csv", tmp_path / "rsna" / "excluded.csv"
+    kept = tmp_path / "logs" / "rsna" / "excluded.csv"
+    with pytest.raises(convert.ExcludedFractionError) as caught:
+        convert.merge_manifests(paths, images_csv, excluded_csv, max_excluded_fraction=0.0, kept_excluded_csv=kept)
+    assert str(kept) in str(caught.value) and str(excluded_csv) not in str(caught.value)
+    listed = pd.read_csv(kept, dtype=str, keep_default_na=False)
+    assert sorted(listed["image_id"]) == ["5005", "5006"]
+    assert listed.set_index("image_id").loc["5006", "reason"].startswith("file missing: ")
+    # Under the limit the kept copy is written as well, equal to excluded.csv.
+    convert.merge_manifests(paths, images_csv, excluded_csv, max_excluded_fraction=0.5, kept_excluded_csv=kept)
+    assert kept.read_bytes() == excluded_csv.read_bytes()
+    assert "fingerprint" in pd.read_csv(images_csv).columns
 
 
 def test_merge_manifests_rejects_an_image_in_two_manifests(study, tmp_path):

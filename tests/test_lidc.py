@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def pickle_path(tmp_path):
 @pytest.mark.parametrize(("min_raters", "expected"), [(2, [0, 0, 1, 1, 1, 1]), (3, [0, 0, 0, 1, 1, 0])])
 def test_labels_follow_the_number_of_raters(pickle_path, tmp_path, min_raters, expected):
     labels = lidc.label_patches(pickle_path, tmp_path / "lidc", image_size=64, min_raters=min_raters)
-    assert list(labels.columns) == ["image_id", "subject_id", "n_raters", "label", "path"]
+    assert list(labels.columns) == ["image_id", "subject_id", "n_raters", "label", "path", "fingerprint"]
     assert labels["image_id"].tolist() == [f"LIDC-IDRI-0001_slice{n}_nodule0" for n in range(5)] + [
         "LIDC-IDRI-0002_slice7_nodule1"
     ]
@@ -70,6 +71,84 @@ def test_png_written_8bit_at_the_requested_size(pickle_path, tmp_path):
         assert set(np.asarray(grey).ravel().tolist()) == {128}  # 0.5 * 255 = 127.5, rounded
         assert set(np.asarray(black).ravel().tolist()) == {0}
     assert not list((out / "png").glob(".*"))  # atomic writes leave no temporary files
+
+
+OLD_NS = 1_000_000_000_000_000_000  # a recognisable past mtime: a rewrite replaces it
+
+
+def age_pngs(out: Path) -> dict[Path, bytes]:
+    pngs = sorted((out / "png").glob("*.png"))
+    for png in pngs:
+        os.utime(png, ns=(OLD_NS, OLD_NS))
+    return {png: png.read_bytes() for png in pngs}
+
+
+def png_fingerprint(path: Path) -> str | None:
+    with Image.open(path) as png:
+        return png.info.get(lidc.PNG_FINGERPRINT_KEY)
+
+
+def test_each_png_records_its_fingerprint_as_labels_csv_does(pickle_path, tmp_path):
+    out = tmp_path / "lidc"
+    labels = lidc.label_patches(pickle_path, out, image_size=32, code="code-1")
+    data = crafted_patches()
+    for key, relative, fingerprint in zip(labels["image_id"], labels["path"], labels["fingerprint"]):
+        assert png_fingerprint(out / relative) == fingerprint
+        assert fingerprint == lidc.patch_fingerprint(data[key]["image"], 32, "code-1")
+    assert pd.read_csv(out / "labels.csv")["fingerprint"].tolist() == labels["fingerprint"].tolist()
+
+
+def test_min_raters_changes_labels_csv_only_not_the_pngs(pickle_path, tmp_path):
+    out = tmp_path / "lidc"
+    lidc.label_patches(pickle_path, out, image_size=32, min_raters=2, code="code-1")
+    before_csv = (out / "labels.csv").read_bytes()
+    before = age_pngs(out)
+    lidc.label_patches(pickle_path, out, image_size=32, min_raters=3, code="code-1")
+    assert (out / "labels.csv").read_bytes() != before_csv
+    for png, data in before.items():
+        assert png.stat().st_mtime_ns == OLD_NS and png.read_bytes() == data
+    # Unchanged: labels.csv's bytes too.
+    lidc.label_patches(pickle_path, out, image_size=32, min_raters=2, code="code-1")
+    assert (out / "labels.csv").read_bytes() == before_csv
+
+
+@pytest.mark.parametrize("change", [{"image_size": 48}, {"code": "code-2"}], ids=lambda change: next(iter(change)))
+def test_a_change_of_size_or_code_rewrites_every_png(pickle_path, tmp_path, change):
+    out = tmp_path / "lidc"
+    first = lidc.label_patches(pickle_path, out, **{"image_size": 32, "code": "code-1"})
+    before = age_pngs(out)
+    second = lidc.label_patches(pickle_path, out, **{"image_size": 32, "code": "code-1", **change})
+    assert (second["fingerprint"] != first["fingerprint"]).all()
+    for png in before:
+        assert png.stat().st_mtime_ns != OLD_NS
+    for relative, fingerprint in zip(second["path"], second["fingerprint"]):
+        assert png_fingerprint(out / relative) == fingerprint
+
+
+def test_a_changed_patch_in_the_pickle_rewrites_only_its_png(pickle_path, tmp_path):
+    out = tmp_path / "lidc"
+    lidc.label_patches(pickle_path, out, image_size=32, code="code-1")
+    before = age_pngs(out)
+    data = crafted_patches()
+    changed = "LIDC-IDRI-0001_slice3_nodule0"
+    data[changed]["image"] = np.full((128, 128), 0.25, dtype=np.float32)
+    replaced = write_pickle_in_chunks(tmp_path / "data_lidc.pickle", data, max_bytes=lidc.MAX_READ_BYTES)
+    lidc.label_patches(replaced, out, image_size=32, code="code-1")
+    for png, content in before.items():
+        if png.stem == changed:
+            assert png.stat().st_mtime_ns != OLD_NS and png.read_bytes() != content
+        else:
+            assert png.stat().st_mtime_ns == OLD_NS and png.read_bytes() == content
+
+
+def test_a_damaged_png_is_rewritten(pickle_path, tmp_path):
+    out = tmp_path / "lidc"
+    labels = lidc.label_patches(pickle_path, out, image_size=32, code="code-1")
+    damaged = out / labels["path"].iloc[0]
+    good = damaged.read_bytes()
+    damaged.write_bytes(good[:40])
+    lidc.label_patches(pickle_path, out, image_size=32, code="code-1")
+    assert damaged.read_bytes() == good
 
 
 def test_patch_to_uint8_resizes_smoothly_and_keeps_the_range():

@@ -31,7 +31,7 @@ ROWS = [
     ("10011", "1101", "L", "CC", "45", "0"),  # BIRADS conflicts within patient
     ("10011", "1102", "R", "CC", "45", "1"),  # BIRADS conflicts within patient
     ("10012", "1201", "L", "CC", "45", "1"),  # kept, label 0
-    ("10012", "1202", "L", "MLO", "45", "1"),  # DICOM file missing
+    ("10012", "1202", "L", "MLO", "45", "1"),  # DICOM file absent: kept, excluded at conversion
     ("10013", "1301", "L", "CC", "60", ""),  # age >= 55 (first failing reason, also no BI-RADS)
 ]
 MISSING_DICOM = "10012/1202.dcm"
@@ -87,9 +87,10 @@ def counts(report: pd.DataFrame, section: str) -> dict[str, tuple[int, int]]:
 
 def test_cohort_keeps_exactly_the_eligible_rows_with_labels_and_paths(crafted):
     cohort, _ = build(*crafted)
-    assert cohort["image_id"].tolist() == ["101", "102", "201", "202", "301", "1201"]
-    assert cohort["label"].tolist() == [0, 0, 1, 1, 0, 0]
-    assert cohort["subject_id"].tolist() == ["10001", "10001", "10002", "10002", "10003", "10012"]
+    # 1202's DICOM is absent: it stays, the conversion excludes it and counts it toward the exclusion limit.
+    assert cohort["image_id"].tolist() == ["101", "102", "201", "202", "301", "1201", "1202"]
+    assert cohort["label"].tolist() == [0, 0, 1, 1, 0, 0, 0]
+    assert cohort["subject_id"].tolist() == ["10001", "10001", "10002", "10002", "10003", "10012", "10012"]
     assert cohort["dicom_path"].tolist() == [
         "10001/101.dcm",
         "10001/102.dcm",
@@ -97,8 +98,9 @@ def test_cohort_keeps_exactly_the_eligible_rows_with_labels_and_paths(crafted):
         "10002/202.dcm",
         "10003/301.dcm",
         "10012/1201.dcm",
+        MISSING_DICOM,
     ]
-    assert cohort["BIRADS"].tolist() == [1, 1, 0, 0, 2, 1]
+    assert cohort["BIRADS"].tolist() == [1, 1, 0, 0, 2, 1, 1]
     assert cohort["label"].dtype.kind == "i"
     # train.csv columns are all kept, extra ones included, then the three added ones.
     assert list(cohort.columns) == HEADER + ["subject_id", "label", "dicom_path"]
@@ -114,25 +116,26 @@ def test_report_counts_images_and_subjects_per_drop_reason(crafted):
         "BIRADS not numeric": (1, 1),
         "BIRADS not in {0, 1, 2}": (1, 1),
         "BIRADS conflicts within patient": (2, 1),
-        "DICOM file missing": (1, 1),
-        "all reasons": (13, 9),
+        "all reasons": (12, 9),
     }
     assert counts(report, "input") == {"rows in train.csv": (19, 13)}
-    assert counts(report, "kept") == {"cohort": (6, 4)}
+    assert counts(report, "kept") == {"cohort": (7, 4)}
     assert counts(report, "label") == {
         "label 1: follow-up (BI-RADS 0)": (2, 1),
-        "label 0: no follow-up (BI-RADS 1 or 2)": (4, 3),
+        "label 0: no follow-up (BI-RADS 1 or 2)": (5, 3),
     }
-    # Reasons are listed in the documented order.
+    # Reasons are listed in the documented order; an absent DICOM is no drop reason, only information.
     assert report.loc[report["section"] == "dropped", "reason"].tolist()[:-1] == rsna.drop_reasons(55)
-    missing_detail = report.loc[report["reason"] == "DICOM file missing", "detail"].item()
+    assert "DICOM file missing" not in rsna.drop_reasons(55)
+    assert counts(report, "info") == {rsna.INFO_DICOM_ABSENT: (1, 1)}
+    missing_detail = report.loc[report["reason"] == rsna.INFO_DICOM_ABSENT, "detail"].item()
     assert MISSING_DICOM in missing_detail
 
 
 def test_a_row_is_dropped_for_its_first_failing_reason_only(crafted):
     _, report = build(*crafted)
     # Patient 10013 is too old and has no BI-RADS: counted once, under age.
-    assert report["images"][report["section"] == "dropped"].iloc[:-1].sum() == 13
+    assert report["images"][report["section"] == "dropped"].iloc[:-1].sum() == 12
     assert report.loc[report["reason"] == "age >= 55", "detail"].item() == "lines 7, 8, 9, 20"
     assert "20" not in report.loc[report["reason"] == "BIRADS missing", "detail"].item()
 
@@ -147,7 +150,8 @@ def test_non_numeric_age_and_birads_warn_naming_the_file_lines(crafted):
     birads_message = next(message for message in messages if "'BIRADS' is not a number" in message)
     assert "line(s) 15" in birads_message and "'x'" in birads_message
     assert any("10011" in message and "[0, 1]" in message for message in messages)
-    assert any(MISSING_DICOM in message for message in messages)
+    absent_message = next(message for message in messages if MISSING_DICOM in message)
+    assert "stay in the cohort" in absent_message and "dicom.max_excluded_fraction" in absent_message
 
 
 def test_read_train_csv_records_bad_values_and_conflicts(crafted):
@@ -190,7 +194,7 @@ def test_files_are_not_checked_without_images_dir_or_when_disabled(crafted):
     csv_path, images_dir = crafted
     for cohort, report in (build(csv_path, None), build(csv_path, images_dir, check_files=False)):
         assert "1202" in cohort["image_id"].tolist()
-        assert counts(report, "dropped")["DICOM file missing"] == (0, 0)
+        assert counts(report, "info") == {rsna.INFO_DICOM_ABSENT: (0, 0)}
 
 
 def test_max_age_moves_the_age_threshold(crafted):
@@ -210,7 +214,7 @@ def test_write_cohort_report_writes_csv_and_markdown_with_the_paper_cohort(craft
     assert markdown.startswith("# RSNA cohort report")
     for figure in ("3,199", "11,856", "3,953", "7,903"):
         assert figure in markdown
-    assert "| this cohort | 4 | 6 | 2 | 4 |" in markdown
+    assert "| this cohort | 4 | 7 | 2 | 5 |" in markdown
     assert "| dropped | BIRADS not in {0, 1, 2} | 1 | 1 |" in markdown
     assert not list(tmp_path.joinpath("out").glob(".*tmp"))  # no temporary files left behind
 
@@ -224,5 +228,5 @@ def test_cohort_of_generated_demo_data_matches_a_direct_filter(tmp_path):
     eligible = table[(table["age"] < 55) & table["BIRADS"].isin([0, 1, 2])]
     assert cohort["image_id"].tolist() == eligible["image_id"].astype(str).tolist()
     assert cohort["label"].tolist() == (eligible["BIRADS"] == 0).astype(int).tolist()
-    assert counts(report, "dropped")["DICOM file missing"] == (0, 0)
+    assert counts(report, "info") == {rsna.INFO_DICOM_ABSENT: (0, 0)}
     assert all((tmp_path / "train_images" / path).is_file() for path in cohort["dicom_path"])

@@ -17,6 +17,7 @@ manifest = convert_shard(
     bits=snakemake.params.bits,
     path_mode=snakemake.params.path_mode,
     flip_to_left=snakemake.params.flip_to_left,
+    preprocessing_code=snakemake.params.preprocessing_code,
     workers=snakemake.threads,
 )
 manifest.to_csv(snakemake.output.manifest, index=False)

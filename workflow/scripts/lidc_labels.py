@@ -12,6 +12,7 @@ labels = label_patches(
     snakemake.params.out_dir,
     image_size=snakemake.params.image_size,
     min_raters=snakemake.params.min_raters,
+    code=snakemake.params.code,
 )
 labels.to_csv(snakemake.output.labels, index=False)
 logging.info("LIDC: %d patches, %d tumour", len(labels), int(labels["label"].sum()))

@@ -2,27 +2,29 @@
 import json
 import logging
 import sys
-from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")
+sys.stderr = open(snakemake.log.log, "w")
 logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 
-from leanmed.data.convert import merge_manifests
+from leanmed.data.convert import merge_manifests, preprocessing_version
 
 # Written first: it describes the PNGs even when the merge below fails on too many exclusions.
+options = snakemake.params.preprocessing
+preprocessing = dict(
+    options,
+    fingerprint=preprocessing_version(
+        options["image_size"], options["png_bits"], options["path_mode"], options["flip_to_left"], options["code"]
+    ),
+)
 with open(snakemake.output.preprocessing, "w") as handle:
-    json.dump(snakemake.params.preprocessing, handle, indent=2)
+    json.dump(preprocessing, handle, indent=2)
 
-try:
-    merge_manifests(
-        snakemake.input.manifests,
-        snakemake.output.images,
-        snakemake.output.excluded,
-        max_excluded_fraction=snakemake.params.max_excluded_fraction,
-    )
-except Exception:
-    # Snakemake deletes a failed job's outputs: keep the full exclusion list in the log, which stays.
-    excluded = Path(snakemake.output.excluded)
-    if excluded.exists():
-        logging.error("excluded images:\n%s", excluded.read_text())
-    raise
+# The exclusion list goes to the kept log file too: Snakemake deletes a failed job's outputs (excluded.csv), not its
+# logs, and the error past dicom.max_excluded_fraction names the kept file.
+merge_manifests(
+    snakemake.input.manifests,
+    snakemake.output.images,
+    snakemake.output.excluded,
+    max_excluded_fraction=snakemake.params.max_excluded_fraction,
+    kept_excluded_csv=snakemake.log.excluded,
+)

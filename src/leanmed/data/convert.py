@@ -3,6 +3,10 @@
 One Snakemake job converts one shard (`convert_shard`); `merge_manifests` joins the shards into `rsna/images.csv`
 (converted images) and `rsna/excluded.csv` (images that could not be read, with the reason naming the file). See
 docs/architecture.md for the file contracts.
+
+Each PNG records the fingerprint of what made it (a PNG tEXt chunk `PNG_FINGERPRINT_KEY`): the preprocessing
+options, the preprocessing code (`leanmed.fingerprint.code_version("dicom_preprocessing")`) and the source DICOM's
+size and mtime_ns. A PNG is reused only when its fingerprint is the current one; otherwise it is reconverted.
 """
 
 from __future__ import annotations
@@ -17,20 +21,25 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
-from leanmed.data.dicom import DicomError, preprocess, write_png
+from leanmed.data.dicom import DicomError, preprocess
+from leanmed.fingerprint import code_version, value_version
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["image_id", "subject_id", "label", "path", "status", "reason"]
+MANIFEST_COLUMNS = ["image_id", "subject_id", "label", "path", "status", "reason", "fingerprint"]
 COHORT_COLUMNS = ["image_id", "subject_id", "label", "dicom_path"]
 STATUS_OK = "ok"
 STATUS_EXCLUDED = "excluded"
 CONFIG_KEY = "dicom.max_excluded_fraction"
+PNG_FINGERPRINT_KEY = "leanmed-fingerprint"  # PNG tEXt keyword holding the image's fingerprint
+REASON_FILE_MISSING = "file missing"
 _MAX_LISTED = 10  # excluded files named in an error message
 
 
@@ -58,11 +67,63 @@ def manifest_path_value(out_root: str | os.PathLike, subject_id: str, image_id: 
     return png_path(Path(out_root).name, subject_id, image_id).as_posix()
 
 
-def is_complete_png(path: str | os.PathLike, image_size: int, bits: int) -> bool:
-    """True when `path` is a readable PNG of image_size x image_size pixels at the requested bit depth.
+def preprocessing_options(image_size: int, bits: int, path_mode: str, flip_to_left: bool, code: str) -> dict:
+    """The options and code that decide a PNG's pixels, as recorded in preprocessing.json."""
+    return dict(
+        image_size=int(image_size),
+        png_bits=int(bits),
+        path_mode=str(path_mode),
+        flip_to_left=bool(flip_to_left),
+        code=str(code),
+    )
 
-    Used to skip images already converted by an earlier (interrupted) run; a PNG from a run with other settings
-    (size or depth) does not count and is redone.
+
+def preprocessing_version(
+    image_size: int, bits: int, path_mode: str, flip_to_left: bool, code: str | None = None
+) -> str:
+    """Fingerprint (16 hex digits) of the preprocessing: its options and code (default: the installed package's
+    `code_version("dicom_preprocessing")`)."""
+    code = code_version("dicom_preprocessing") if code is None else code
+    return value_version(preprocessing_options(image_size, bits, path_mode, flip_to_left, code))
+
+
+def image_fingerprint(preprocessing: str, source_size: int, source_mtime_ns: int) -> str:
+    """Fingerprint (16 hex digits) of one converted image: its preprocessing (`preprocessing_version`) and the
+    identity of its source DICOM (size and mtime_ns), so that a replaced raw file is reconverted."""
+    return value_version(
+        {"preprocessing": preprocessing, "source_size": int(source_size), "source_mtime_ns": int(source_mtime_ns)}
+    )
+
+
+def png_fingerprint(path: str | os.PathLike) -> str | None:
+    """The fingerprint recorded in a PNG (tEXt chunk `PNG_FINGERPRINT_KEY`), None when absent or unreadable."""
+    try:
+        with Image.open(path) as png:
+            value = png.info.get(PNG_FINGERPRINT_KEY)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def write_png_with_fingerprint(image: np.ndarray, path: str | os.PathLike, fingerprint: str) -> None:
+    """Write a 2-D uint8 (mode L) or uint16 (mode I;16) array as a grey PNG that records `fingerprint` in a tEXt
+    chunk, atomically (`leanmed.atomic.atomic_path`). Pixels as `leanmed.data.dicom.write_png` writes them."""
+    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"write_png_with_fingerprint needs a 2-D uint8 or uint16 array, got {image.dtype} {image.shape}"
+        )
+    info = PngInfo()
+    info.add_text(PNG_FINGERPRINT_KEY, fingerprint)
+    with atomic_path(path) as temporary:
+        Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG", pnginfo=info)
+
+
+def is_complete_png(path: str | os.PathLike, image_size: int, bits: int, fingerprint: str | None = None) -> bool:
+    """True when `path` is a readable PNG of image_size x image_size pixels at the requested bit depth and, when
+    `fingerprint` is given, records exactly that fingerprint.
+
+    Used to skip images already converted by an earlier (interrupted) run; a PNG made another way (other size,
+    depth, options, preprocessing code or source file) does not count and is redone.
     """
     try:
         with Image.open(path) as png:
@@ -70,20 +131,24 @@ def is_complete_png(path: str | os.PathLike, image_size: int, bits: int) -> bool
                 return False
             if png.mode != ("L" if bits == 8 else "I;16"):
                 return False
+            if fingerprint is not None and png.info.get(PNG_FINGERPRINT_KEY) != fingerprint:
+                return False
             png.verify()  # reads every chunk and checks its CRC
         return True
     except (OSError, SyntaxError, ValueError):
         return False
 
 
-def _convert_one(task: tuple[str, str, int, int, str, bool]) -> tuple[str, str]:
+def _convert_one(task: tuple[str, str, int, int, str, bool, str]) -> tuple[str, str]:
     """Convert one DICOM to its PNG; (status, reason). Runs in the worker processes, one image at a time."""
-    dicom_file, png_file, image_size, bits, path_mode, flip_to_left = task
+    dicom_file, png_file, image_size, bits, path_mode, flip_to_left, fingerprint = task
+    if not os.path.exists(dicom_file):
+        return STATUS_EXCLUDED, f"{REASON_FILE_MISSING}: {dicom_file}"
     try:
         image, _ = preprocess(
             dicom_file, image_size=image_size, bits=bits, flip_to_left=flip_to_left, path_mode=path_mode
         )
-        write_png(image, png_file)
+        write_png_with_fingerprint(image, png_file, fingerprint)
         return STATUS_OK, ""
     except DicomError as error:
         return STATUS_EXCLUDED, str(error)
@@ -123,16 +188,19 @@ def convert_shard(
     path_mode: str = "exact",
     workers: int = 1,
     flip_to_left: bool = True,
+    preprocessing_code: str | None = None,
 ) -> pd.DataFrame:
     """Convert the cohort images of one shard to PNGs; return the shard's manifest.
 
     Images are those with shard_of(image_id, n_shards) == shard, in cohort order. Each PNG is written
-    (atomically) to out_root/images/<subject_id>/<image_id>.png; a complete PNG already there (same size and
-    depth) is kept, so a rerun after a crash only does what is missing. A DICOM that cannot be converted
-    (absent, corrupt, truncated, unsupported) is recorded as status "excluded" with a reason naming the file and
-    never stops the shard. `workers` > 1 converts in that many processes, each holding one image at a time.
-    Manifest columns: image_id, subject_id, label, path (PNG relative to out_root's parent, i.e. rsna/),
-    status (ok|excluded), reason (empty when ok).
+    (atomically) to out_root/images/<subject_id>/<image_id>.png and records its fingerprint (`image_fingerprint`:
+    options, `preprocessing_code` - default `code_version("dicom_preprocessing")` - and the source DICOM's size and
+    mtime_ns). A complete PNG already there with the current fingerprint is kept untouched, so a rerun after a
+    crash only does what is missing; one made another way is reconverted. A DICOM that cannot be converted
+    (absent: reason "file missing: <path>"; corrupt, truncated, unsupported) is recorded as status "excluded"
+    with a reason naming the file and never stops the shard. `workers` > 1 converts in that many processes, each
+    holding one image at a time. Manifest columns: image_id, subject_id, label, path (PNG relative to out_root's
+    parent, i.e. rsna/), status (ok|excluded), reason (empty when ok), fingerprint (empty when excluded).
     """
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard must be in 0..{n_shards - 1}, not {shard}")
@@ -140,28 +208,47 @@ def convert_shard(
     in_shard = cohort[cohort["image_id"].map(lambda image_id: shard_of(image_id, n_shards)) == shard]
     images_dir = Path(images_dir)
 
+    preprocessing = preprocessing_version(image_size, bits, path_mode, flip_to_left, preprocessing_code)
     statuses = [STATUS_OK] * len(in_shard)
     reasons = [""] * len(in_shard)
+    fingerprints = [""] * len(in_shard)
     paths = []
     tasks, task_rows = [], []
+    n_absent = 0
     for row, record in enumerate(in_shard.itertuples(index=False)):
         target = png_path(out_root, record.subject_id, record.image_id)
         paths.append(manifest_path_value(out_root, record.subject_id, record.image_id))
-        if is_complete_png(target, image_size, bits):
-            continue
         source = images_dir / record.dicom_path
-        tasks.append((str(source), str(target), image_size, bits, path_mode, flip_to_left))
+        try:
+            stat = source.stat()
+        except FileNotFoundError:
+            # An absent raw file (e.g. a half-finished download) is excluded like any other unreadable one.
+            statuses[row], reasons[row] = STATUS_EXCLUDED, f"{REASON_FILE_MISSING}: {source}"
+            n_absent += 1
+            continue
+        except OSError as error:
+            statuses[row], reasons[row] = STATUS_EXCLUDED, f"{source}: cannot be read ({error})"
+            continue
+        fingerprints[row] = image_fingerprint(preprocessing, stat.st_size, stat.st_mtime_ns)
+        if is_complete_png(target, image_size, bits, fingerprints[row]):
+            continue
+        tasks.append((str(source), str(target), image_size, bits, path_mode, flip_to_left, fingerprints[row]))
         task_rows.append(row)
+    for row in range(len(in_shard)):
+        if statuses[row] == STATUS_EXCLUDED:
+            log.warning("excluded: %s", reasons[row])
     log.info(
-        "shard %d/%d: %d images, %d already converted, %d to convert with %d worker(s), path_mode=%s, "
-        "JPEG 2000 breast-box decoding with %s",
+        "shard %d/%d: %d images, %d absent, %d already converted, %d to convert with %d worker(s), path_mode=%s, "
+        "preprocessing %s, JPEG 2000 breast-box decoding with %s",
         shard,
         n_shards,
         len(in_shard),
-        len(in_shard) - len(tasks),
+        n_absent,
+        len(in_shard) - len(tasks) - statuses.count(STATUS_EXCLUDED),
         len(tasks),
         workers,
         path_mode,
+        preprocessing,
         openjpeg.library_description(),
     )
 
@@ -181,10 +268,11 @@ def convert_shard(
             "path": paths,
             "status": statuses,
             "reason": reasons,
+            "fingerprint": fingerprints,
         },
         columns=MANIFEST_COLUMNS,
     )
-    manifest.loc[manifest["status"] == STATUS_EXCLUDED, "path"] = ""
+    manifest.loc[manifest["status"] == STATUS_EXCLUDED, ["path", "fingerprint"]] = ""
     return manifest
 
 
@@ -211,7 +299,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """A shard manifest with ids, path and reason as text ('' stays '', not NaN)."""
     manifest = pd.read_csv(
         path,
-        dtype={"image_id": str, "subject_id": str, "path": str, "status": str, "reason": str},
+        dtype={"image_id": str, "subject_id": str, "path": str, "status": str, "reason": str, "fingerprint": str},
         keep_default_na=False,
     )
     missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
@@ -225,12 +313,14 @@ def merge_manifests(
     images_csv: str | os.PathLike,
     excluded_csv: str | os.PathLike,
     max_excluded_fraction: float = 0.01,
+    kept_excluded_csv: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Join shard manifests into images.csv (status ok) and excluded.csv (status excluded, with reasons).
 
-    Both files are written first; then, when the excluded share of all images exceeds `max_excluded_fraction`,
-    ExcludedFractionError says how many and which files failed, and names the config key to change. Returns the
-    merged manifest (all rows).
+    Both files are written first, and the exclusion list also to `kept_excluded_csv` when given (a copy that
+    survives the failure: Snakemake deletes a failed job's outputs, not its logs); then, when the excluded share of
+    all images exceeds `max_excluded_fraction`, ExcludedFractionError says how many and which files failed, names
+    the config key to change and the kept list (else excluded.csv). Returns the merged manifest (all rows).
     """
     paths = [Path(p) for p in manifest_paths]
     frames = [read_manifest(path) for path in paths]
@@ -246,6 +336,8 @@ def merge_manifests(
     excluded = merged[merged["status"] == STATUS_EXCLUDED]
     _write_csv_atomically(converted, images_csv)
     _write_csv_atomically(excluded, excluded_csv)
+    if kept_excluded_csv is not None:
+        _write_csv_atomically(excluded, kept_excluded_csv)
     total = len(merged)
     fraction = len(excluded) / total if total else 0.0
     log.info(
@@ -258,10 +350,12 @@ def merge_manifests(
     if fraction > max_excluded_fraction:
         listed = "\n  ".join(excluded["reason"].head(_MAX_LISTED))
         more = f"\n  ... and {len(excluded) - _MAX_LISTED} more" if len(excluded) > _MAX_LISTED else ""
+        absent = int(excluded["reason"].str.startswith(f"{REASON_FILE_MISSING}:").sum())
+        absent_note = f" ({absent} of them absent: {REASON_FILE_MISSING})" if absent else ""
+        listing = kept_excluded_csv if kept_excluded_csv is not None else excluded_csv
         raise ExcludedFractionError(
-            f"{len(excluded)} of {total} images ({100 * fraction:.2f}%) could not be converted, more than "
-            f"{CONFIG_KEY} = {max_excluded_fraction} allows. All are listed with reasons in {excluded_csv}; "
-            f"images.csv was written with the {len(converted)} converted ones. Fix or remove the files, or raise "
-            f"{CONFIG_KEY}.\n  {listed}{more}"
+            f"{len(excluded)} of {total} images ({100 * fraction:.2f}%) could not be converted{absent_note}, more "
+            f"than {CONFIG_KEY} = {max_excluded_fraction} allows. All are listed with reasons in {listing}. "
+            f"Fix, restore or remove the files, or raise {CONFIG_KEY}.\n  {listed}{more}"
         )
     return merged

@@ -10,6 +10,11 @@ written in chunks of 2**31 - 1 bytes, back to back, so the file is one ordinary 
 Labelling: a patch is tumour (label 1) when at least `min_raters` of its raters marked any pixel. The paper's text
 says "at least 2 raters" (`min_raters=2`, leanmed's default); the authors' code (github.com/raghavian/redl,
 `data/datasets.py`) uses `targets.sum(1) > 2`, i.e. at least 3 raters (`min_raters=3`).
+
+Each PNG records its fingerprint (tEXt chunk `PNG_FINGERPRINT_KEY`, also in labels.csv): image_size, the code
+(`leanmed.fingerprint.code_version("lidc_labels")`) and the patch's own content in the pickle. A PNG whose recorded
+fingerprint is the current one is kept untouched; any other is rewritten. Labelling options (min_raters) are not
+part of it: they change labels.csv only.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from leanmed.atomic import write_bytes_atomically, write_text_atomically
+from leanmed.fingerprint import code_version, value_version
 
 # Largest single read: macOS cannot read() 2 GiB or more in one call, hence the original writer's chunk size.
 MAX_READ_BYTES = 2**31 - 1
@@ -34,7 +41,8 @@ MAX_READ_BYTES = 2**31 - 1
 PATCH_SHAPE: tuple[int, int] = (128, 128)
 N_RATERS = 4
 
-LABELS_CSV_COLUMNS: tuple[str, ...] = ("image_id", "subject_id", "n_raters", "label", "path")
+LABELS_CSV_COLUMNS: tuple[str, ...] = ("image_id", "subject_id", "n_raters", "label", "path", "fingerprint")
+PNG_FINGERPRINT_KEY = "leanmed-fingerprint"  # PNG tEXt keyword holding the patch's fingerprint
 
 # Float rounding in the writer's normalisation may overshoot [0, 1] by a few ulps; that is not a format error
 # (patch_to_uint8 clips), anything larger is.
@@ -205,10 +213,36 @@ def patch_to_uint8(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _png_bytes(pixels: np.ndarray) -> bytes:
+def _png_bytes(pixels: np.ndarray, fingerprint: str | None = None) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 arrays become mode "L" (8-bit grey)
+    info = PngInfo()
+    if fingerprint is not None:
+        info.add_text(PNG_FINGERPRINT_KEY, fingerprint)
+    Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info)  # uint8 arrays become mode "L" (8-bit grey)
     return buffer.getvalue()
+
+
+def patch_fingerprint(image: np.ndarray, image_size: int, code: str) -> str:
+    """Fingerprint (16 hex digits) of a patch's PNG: `image_size`, the code version and the patch as stored in the
+    pickle (dtype, shape and bytes), so that a changed patch, size or code rewrites it and nothing else does."""
+    values = np.ascontiguousarray(image)
+    content = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+    content.update(values.tobytes())
+    return value_version({"image_size": int(image_size), "code": str(code), "patch": content.hexdigest()})
+
+
+def png_is_current(path: str | os.PathLike, image_size: int, fingerprint: str) -> bool:
+    """True when `path` is a complete 8-bit grey PNG of `image_size` x `image_size` recording `fingerprint`."""
+    try:
+        with Image.open(path) as png:
+            if png.format != "PNG" or png.size != (image_size, image_size) or png.mode != "L":
+                return False
+            if png.info.get(PNG_FINGERPRINT_KEY) != fingerprint:
+                return False
+            png.verify()  # reads every chunk and checks its CRC
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def label_patches(
@@ -216,16 +250,19 @@ def label_patches(
     out_dir: str | os.PathLike,
     image_size: int = 256,
     min_raters: int = 2,
+    code: str | None = None,
 ) -> pd.DataFrame:
     """Label every patch of the LIDC pickle and write its PNG and `labels.csv`.
 
     - label 1 when at least `min_raters` raters (1..4) marked any tumour pixel, else 0 (paper text: 2; paper
       code: 3; see the module docstring);
     - PNG: 8-bit grey, `image_size` x `image_size` pixels (`patch_to_uint8`), at
-      `<out_dir>/png/<safe_file_stem(key)>.png`, written atomically;
+      `<out_dir>/png/<safe_file_stem(key)>.png`, written atomically, recording its `patch_fingerprint` (with
+      `code`, default `code_version("lidc_labels")`); a PNG already there with the same fingerprint is kept
+      untouched (same bytes and mtime), any other is rewritten;
     - `<out_dir>/labels.csv` (atomic), one row per patch sorted by key, columns image_id (the pickle key),
       subject_id (patient: key text before the first "_"), n_raters (0-4), label (0/1), path (relative to
-      `out_dir`).
+      `out_dir`), fingerprint (the PNG's).
 
     Returns the labels frame.
     """
@@ -234,6 +271,7 @@ def label_patches(
     if isinstance(min_raters, bool) or not isinstance(min_raters, (int, np.integer)) or not 1 <= min_raters <= N_RATERS:
         raise ValueError(f"min_raters must be an integer from 1 to {N_RATERS}, got {min_raters!r}")
     out = Path(out_dir)
+    code = code_version("lidc_labels") if code is None else str(code)
     data = load_pickle(pickle_path)
     stems: dict[str, str] = {}
     for key in sorted(data):
@@ -249,7 +287,9 @@ def label_patches(
         image = np.asarray(entry["image"])
         n_raters = count_raters([np.asarray(mask) for mask in entry["masks"]])
         relative = f"png/{safe_file_stem(key)}.png"
-        write_bytes_atomically(out / relative, _png_bytes(patch_to_uint8(image, int(image_size))))
+        fingerprint = patch_fingerprint(image, int(image_size), code)
+        if not png_is_current(out / relative, int(image_size), fingerprint):
+            write_bytes_atomically(out / relative, _png_bytes(patch_to_uint8(image, int(image_size)), fingerprint))
         rows.append(
             {
                 "image_id": key,
@@ -257,6 +297,7 @@ def label_patches(
                 "n_raters": n_raters,
                 "label": int(n_raters >= min_raters),
                 "path": relative,
+                "fingerprint": fingerprint,
             }
         )
     labels = pd.DataFrame(rows, columns=list(LABELS_CSV_COLUMNS))

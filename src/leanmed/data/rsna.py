@@ -22,9 +22,12 @@ Each dropped row is counted under the first reason it fails, in the order of `DR
 5. BIRADS not numeric;
 6. BIRADS not in {0, 1, 2};
 7. BIRADS conflicts within patient (two different values in {0, 1, 2} for one patient_id; all of that patient's
-   rows that pass reasons 1-6 are dropped);
-8. DICOM file missing (`<images_dir>/<patient_id>/<image_id>.dcm` absent; only when `check_files` and
-   `images_dir` are given).
+   rows that pass reasons 1-6 are dropped).
+
+A kept row whose DICOM (`<images_dir>/<patient_id>/<image_id>.dcm`) is absent stays in the cohort: the conversion
+excludes it ("file missing: <path>") and counts it toward `dicom.max_excluded_fraction`, so that a half-finished
+download fails the run instead of silently shrinking the cohort. The report counts such rows for information
+(section "info"; only when `check_files` and `images_dir` are given).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ REASON_BIRADS_MISSING = "BIRADS missing"
 REASON_BIRADS_NOT_NUMERIC = "BIRADS not numeric"
 REASON_BIRADS_INVALID = "BIRADS not in {0, 1, 2}"
 REASON_BIRADS_CONFLICT = "BIRADS conflicts within patient"
-REASON_DICOM_MISSING = "DICOM file missing"
+# Information row of the report (not a drop reason): kept rows whose DICOM is absent, excluded at conversion.
+INFO_DICOM_ABSENT = "DICOM file absent (excluded at conversion)"
 
 # How many offending rows or paths a warning or report cell lists before it says "and N more".
 _MAX_LISTED = 10
@@ -95,7 +99,6 @@ def drop_reasons(max_age: float) -> list[str]:
         REASON_BIRADS_NOT_NUMERIC,
         REASON_BIRADS_INVALID,
         REASON_BIRADS_CONFLICT,
-        REASON_DICOM_MISSING,
     ]
 
 
@@ -244,8 +247,8 @@ def dicom_relative_path(patient_id: str, image_id: str) -> str:
 
 def _first_failing_reason(
     table: TrainCsv, max_age: float, images_dir: Path | None, check_files: bool
-) -> tuple[pd.Series, pd.Series]:
-    """(reason per row, or None when kept; dicom_path per row)."""
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(reason per row, or None when kept; dicom_path per row; True for kept rows whose DICOM is absent)."""
     frame = table.frame
     age, birads = frame["age"], frame["BIRADS"]
     dicom_paths = pd.Series(
@@ -265,12 +268,12 @@ def _first_failing_reason(
     reasons = pd.Series(None, index=frame.index, dtype=object)
     for reason, failing in checks:
         reasons[failing & reasons.isna()] = reason
+    absent = pd.Series(False, index=frame.index, dtype=bool)
     if check_files and images_dir is not None:
         # Only rows still kept are looked up: on the real data that saves tens of thousands of stat calls.
         candidates = reasons.index[reasons.isna()]
-        absent = [row for row in candidates if not (images_dir / dicom_paths[row]).is_file()]
-        reasons[absent] = REASON_DICOM_MISSING
-    return reasons, dicom_paths
+        absent[[row for row in candidates if not (images_dir / dicom_paths[row]).is_file()]] = True
+    return reasons, dicom_paths, absent
 
 
 def _listed(values: list[str]) -> str:
@@ -287,8 +290,9 @@ def build_cohort(
     """The RSNA cohort from `train_csv` and its exclusion report.
 
     Keeps rows with age (years) < `max_age` and BI-RADS in {0, 1, 2}; see the module docstring for the drop
-    reasons and their order. With `check_files` and `images_dir`, rows whose DICOM
-    `<images_dir>/<patient_id>/<image_id>.dcm` does not exist are dropped too (a warning names the paths).
+    reasons and their order. With `check_files` and `images_dir`, kept rows whose DICOM
+    `<images_dir>/<patient_id>/<image_id>.dcm` does not exist are counted in the report and named in a warning;
+    they stay in the cohort (the conversion excludes them, counted toward `dicom.max_excluded_fraction`).
 
     Returns `(cohort, report)`:
 
@@ -297,19 +301,21 @@ def build_cohort(
       dicom_path (relative to `images_dir`);
     - `report`: columns section, reason, images, subjects, detail. Rows: "input" (all rows), one "dropped" row
       per reason in order (zero counts included; subjects = patients with at least one image dropped for that
-      reason), "dropped"/"all reasons" (subjects = patients left with no image), "kept"/"cohort", and one
-      "label" row per label. Extra columns of the file are named in the input row's detail.
+      reason), "dropped"/"all reasons" (subjects = patients left with no image), "kept"/"cohort", one "label" row
+      per label, and "info"/`INFO_DICOM_ABSENT` (kept rows whose DICOM is absent; zero when files are not
+      checked). Extra columns of the file are named in the input row's detail.
     """
     table = read_train_csv(train_csv)
     frame = table.frame
     images_path = Path(images_dir) if images_dir is not None else None
-    reasons, dicom_paths = _first_failing_reason(table, max_age, images_path, check_files)
+    reasons, dicom_paths, absent = _first_failing_reason(table, max_age, images_path, check_files)
 
-    missing_files = dicom_paths[reasons == REASON_DICOM_MISSING].tolist()
+    missing_files = dicom_paths[absent].tolist()
     if missing_files:
         warnings.warn(
-            f"{table.path}: {len(missing_files)} image(s) listed but their DICOM is absent under {images_path}: "
-            f"{_listed(missing_files)}",
+            f"{table.path}: {len(missing_files)} image(s) of the cohort listed but their DICOM is absent under "
+            f"{images_path}: {_listed(missing_files)}. They stay in the cohort; the conversion excludes them "
+            "('file missing') and counts them toward dicom.max_excluded_fraction",
             CohortWarning,
             stacklevel=2,
         )
@@ -326,12 +332,17 @@ def build_cohort(
     cohort["dicom_path"] = dicom_paths[kept_rows]
     cohort = cohort.reset_index(drop=True)
 
-    report = _cohort_report(table, reasons, dicom_paths, cohort, max_age)
+    report = _cohort_report(table, reasons, dicom_paths, absent, cohort, max_age)
     return cohort, report
 
 
 def _cohort_report(
-    table: TrainCsv, reasons: pd.Series, dicom_paths: pd.Series, cohort: pd.DataFrame, max_age: float
+    table: TrainCsv,
+    reasons: pd.Series,
+    dicom_paths: pd.Series,
+    absent: pd.Series,
+    cohort: pd.DataFrame,
+    max_age: float,
 ) -> pd.DataFrame:
     frame = table.frame
     patients = frame["patient_id"]
@@ -347,9 +358,7 @@ def _cohort_report(
     ]
     for reason in drop_reasons(max_age):
         failing = reasons == reason
-        if reason == REASON_DICOM_MISSING:
-            detail = _listed(dicom_paths[failing].tolist())
-        elif reason == REASON_BIRADS_CONFLICT:
+        if reason == REASON_BIRADS_CONFLICT:
             detail = _listed([f"{p}: {v}" for p, v in table.birads_conflicts.items()])
         elif failing.any():
             detail = "lines " + _lines(frame.index[failing])
@@ -394,6 +403,15 @@ def _cohort_report(
                 "detail": "",
             }
         )
+    rows.append(
+        {
+            "section": "info",
+            "reason": INFO_DICOM_ABSENT,
+            "images": int(absent.sum()),
+            "subjects": int(patients[absent].nunique()),
+            "detail": _listed(dicom_paths[absent].tolist()),
+        }
+    )
     report = pd.DataFrame(rows, columns=["section", "reason", "images", "subjects", "detail"])
     report[["images", "subjects"]] = report[["images", "subjects"]].astype(np.int64)
     return report
