@@ -87,7 +87,14 @@ def test_energy_meter_measures_without_network_and_quickly(tmp_path, monkeypatch
     record = meter.result()
     assert calls == []  # geolocation never asked
     assert overhead < 2.0 and meter.construct_seconds < 2.0
-    assert record["measured"] is True and record["components"] == ["cpu"]
+    assert record["components"] == ["cpu"]
+    if "constant power" in record["method"]:  # no RAPL: carbontracker's assumed power x time, an estimate
+        assert record["measured"] is False and record["estimated"] is True
+        assert record["assumed_power_w"] > 0 and record["estimated_components"] == ["cpu"]
+        assert f"constant power of {record['assumed_power_w']:.1f} W" in record["method"]
+        assert record["note"].startswith("estimate: cpu energy is an assumed constant power")
+    else:
+        assert record["measured"] is True and record["estimated"] is False and record["assumed_power_w"] is None
     assert record["energy_kwh"] > 0 and record["energy_kwh_pue"] == pytest.approx(record["energy_kwh"] * 1.58)
     assert record["co2eq_g"] > 0 and record["method"].startswith("carbontracker ")
     assert ("constant power" in record["method"]) or ("RAPL" in record["method"])

@@ -16,7 +16,8 @@ SEEDS = (1, 10, 100)
 
 def make_metrics(dataset, model, setting, scale, seed, *, accuracy, train_peak_bytes=3e9, time_to_best_s=110.0,
                  inference_seconds=2.5, energy_kwh_pue=0.1, energy_measured=True, diverged=False,
-                 paper_flags=None, n_parameters=6_950_000, memory_kind="cuda_max_memory_allocated_bytes"):
+                 paper_flags=None, n_parameters=6_950_000, memory_kind="cuda_max_memory_allocated_bytes",
+                 energy_extra=None):
     """A metrics.json (schema_version 1, docs/architecture.md) with the values a test needs to control."""
     if paper_flags is None:
         paper_flags = tables.FALLBACK_PAPER_FLAGS[setting]
@@ -49,10 +50,12 @@ def make_metrics(dataset, model, setting, scale, seed, *, accuracy, train_peak_b
             "train": {"measured": energy_measured, "energy_kwh": None if energy_kwh_pue is None else
                       energy_kwh_pue / 1.58, "energy_kwh_pue": energy_kwh_pue, "pue": 1.58, "co2eq_g": 0.5 if energy_measured else None,
                       "components": ["gpu", "cpu"], "method": "carbontracker" if energy_measured else
-                      "constant power x time", "note": ""},
+                      "constant power x time", "note": "", **(energy_extra or {})},
             "inference": {"measured": False, "energy_kwh": None, "energy_kwh_pue": None, "pue": 1.58,
                           "co2eq_g": None, "components": [], "method": "", "note": "not measured"},
         },
+        "inputs": {"split_csv": "split.csv", "split_csv_sha256": "0" * 64, "images_sha256": "1" * 64,
+                   "n_images": 100},
         "provenance": {"host": "node1", "device_name": "NVIDIA H100", "torch": "2.14.1", "timm": "1.0.31",
                        "bitsandbytes": "0.50.2", "cuda": "12.8", "python": "3.11.9", "git_revision": "abc123",
                        "config_hash": "cafe"},

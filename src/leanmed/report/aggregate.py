@@ -76,6 +76,8 @@ METRIC_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("inference", "repeats"), "inference_repeats"),
     (("inference", "warmup"), "inference_warmup"),
     (("energy", "train", "measured"), "energy_measured"),
+    (("energy", "train", "estimated"), "energy_estimated"),
+    (("energy", "train", "assumed_power_w"), "energy_assumed_power_w"),
     (("energy", "train", "energy_kwh"), "energy_train_kwh"),
     (("energy", "train", "energy_kwh_pue"), "energy_train_kwh_pue"),
     (("energy", "train", "pue"), "energy_pue"),
@@ -84,6 +86,7 @@ METRIC_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("energy", "train", "method"), "energy_method"),
     (("energy", "train", "note"), "energy_note"),
     (("energy", "inference", "measured"), "energy_inference_measured"),
+    (("energy", "inference", "estimated"), "energy_inference_estimated"),
     (("energy", "inference", "energy_kwh"), "energy_inference_kwh"),
     (("energy", "inference", "energy_kwh_pue"), "energy_inference_kwh_pue"),
     (("energy", "inference", "pue"), "energy_inference_pue"),
@@ -116,8 +119,13 @@ BOOLEAN_COLUMNS = (
     "early_stopped",
     "resumed",
     "energy_measured",
+    "energy_estimated",
     "energy_inference_measured",
+    "energy_inference_estimated",
 )
+# Energy method texts contain "; " themselves: several runs' methods are joined with this instead, and split back
+# with ``split_methods``, so a caption prints each method whole.
+METHOD_SEPARATOR = " || "
 
 GIGABYTE = 1e9  # decimal gigabytes, stated in every caption that uses them
 WH_PER_KWH = 1000.0
@@ -298,9 +306,37 @@ def _ordered_unique(values: Iterable) -> list:
     return ordered
 
 
-def _joined_unique(series: pd.Series) -> str:
+def _joined_unique(series: pd.Series, separator: str = "; ") -> str:
     values = _ordered_unique(str(v) for v in series if v is not None and not (isinstance(v, float) and math.isnan(v)))
-    return "; ".join(values)
+    return separator.join(values)
+
+
+def split_methods(texts: Iterable) -> list[str]:
+    """The distinct energy methods in joined ``energy_method`` cells, each whole, in order of appearance."""
+    methods = []
+    for text in texts:
+        if text is None or (isinstance(text, float) and math.isnan(text)):
+            continue
+        for method in str(text).split(METHOD_SEPARATOR):
+            method = method.strip()
+            if method and method != "nan" and method not in methods:
+                methods.append(method)
+    return methods
+
+
+_CONSTANT_POWER_TEXT = "constant power of"
+
+
+def energy_is_estimate(estimated, measured, method) -> bool:
+    """True when a run's energy figure is (partly) an assumed constant power x time rather than a counter reading:
+    ``estimated`` when the run recorded it; for older metrics.json without it, a method text that states an
+    assumed constant power, or a value without the ``measured`` flag."""
+    flag = _as_boolean(estimated)
+    if flag is not None:
+        return flag
+    if method is not None and _CONSTANT_POWER_TEXT in str(method):
+        return True
+    return _as_boolean(measured) is not True
 
 
 def _mean_std_n(series: pd.Series) -> tuple[float, float, int]:
@@ -365,11 +401,18 @@ def group_summary(summary: pd.DataFrame, dataset: str | None = None, scale: int 
             record[f"{name}_std"] = std
             record[f"{name}_n"] = n
 
-        # Energy: a value is "measured" when carbontracker read a component; a value without that flag is the
-        # labelled estimate metrics.json may carry instead. Both are kept apart so callers can say which they show.
+        # Energy: a value is "measured" when only real counters (RAPL, NVML) were read; an "estimate" when any part
+        # of it is carbontracker's assumed constant power x time (energy.train.estimated). Both are kept apart so
+        # callers can say which they show.
         energy = pd.to_numeric(finished.get("energy_train_kwh_pue", pd.Series(dtype=float)), errors="coerce")
-        measured_flags = finished.get("energy_measured", pd.Series(index=finished.index, dtype=object))
-        measured = measured_flags.map(lambda flag: _as_boolean(flag) is True).astype(bool)
+        empty = pd.Series(index=finished.index, dtype=object)
+        estimated = pd.Series(
+            [energy_is_estimate(e, m, t) for e, m, t in zip(finished.get("energy_estimated", empty),
+                                                           finished.get("energy_measured", empty),
+                                                           finished.get("energy_method", empty))],
+            index=finished.index, dtype=bool,
+        )
+        measured = ~estimated
         has_value = energy.notna()
         record["energy_wh_mean"] = float(energy[has_value].mean() * WH_PER_KWH) if has_value.any() else math.nan
         record["energy_wh_std"] = (
@@ -380,8 +423,10 @@ def group_summary(summary: pd.DataFrame, dataset: str | None = None, scale: int 
         record["energy_n_estimated"] = int((has_value & ~measured).sum())
         record["energy_pue"] = _joined_unique(finished.get("energy_pue", pd.Series(dtype=object)))
         methods = finished.get("energy_method", pd.Series(index=finished.index, dtype=object))
-        record["energy_method"] = _joined_unique(methods[has_value & measured])
-        record["energy_estimate_method"] = _joined_unique(methods[has_value & ~measured])
+        record["energy_method"] = _joined_unique(methods[has_value & measured], METHOD_SEPARATOR)
+        record["energy_estimate_method"] = _joined_unique(methods[has_value & ~measured], METHOD_SEPARATOR)
+        powers = pd.to_numeric(finished.get("energy_assumed_power_w", empty), errors="coerce")[has_value & estimated]
+        record["energy_assumed_power_w"] = _joined_unique(powers.dropna().map(lambda w: f"{w:g}"))
 
         record["train_peak_gb_mean"] = record["train_peak_bytes_mean"] / GIGABYTE
         record["train_peak_gb_std"] = record["train_peak_bytes_std"] / GIGABYTE

@@ -89,6 +89,7 @@ def pareto_front(summary: pd.DataFrame, dataset: str, scale: int = 1) -> pd.Data
         [
             "dataset", "scale", "model", "setting", "n_expected", "n_finished", "n_diverged", "runs_not_completed",
             "accuracy_mean", "accuracy_std", "accuracy_n", ENERGY_COLUMN, "energy_n", "energy_n_estimated",
+            "energy_assumed_power_w",
             TIME_FALLBACK_COLUMN, "train_peak_gb_mean", "inference_test_set_seconds_mean", "memory_kind", "device",
             "device_name",
         ]
@@ -106,7 +107,7 @@ def pareto_front(summary: pd.DataFrame, dataset: str, scale: int = 1) -> pd.Data
 
     estimated = energy_everywhere and int(front["energy_n_estimated"].sum()) > 0
     if estimated:
-        cost_label += ", including labelled estimates"
+        cost_label += ", est. (an assumed constant power x time where no energy counter was read)"
     front.attrs["cost_column"] = cost_column
     front.attrs["cost_label"] = cost_label
     front.attrs["energy_fallback"] = not energy_everywhere

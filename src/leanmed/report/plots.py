@@ -99,6 +99,17 @@ def _range_text(values: pd.Series, unit: str) -> str:
     return f"{low:.3g}–{high:.3g}{suffix}"
 
 
+def energy_description(groups: pd.DataFrame) -> str:
+    """What E is in a figure: measured by carbontracker, or (est.) its assumed constant power x time."""
+    if int(groups["energy_n_estimated"].sum()) == 0:
+        return "E = carbontracker training energy, PUE-adjusted."
+    powers = sorted({w for text in groups.get("energy_assumed_power_w", []) for w in str(text).split("; ")
+                     if w and w != "nan"}, key=float)
+    return ("E (est.) = an estimate, not a measurement: carbontracker found no energy counter (for some component) "
+            "and assumed a constant power" + (f" of {', '.join(powers)} W" if powers else "")
+            + " times the training time, PUE-adjusted.")
+
+
 def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, scale: int = 1) -> PlotResult:
     """One polygon per setting over P_T, E, memory and T, normalised so that larger is better on every axis.
 
@@ -116,6 +127,7 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
 
     data = groups[["setting", "n_expected", "n_finished", "n_diverged", "accuracy_n", "energy_n",
                    "energy_n_estimated"]].copy()
+    any_estimate = int(data["energy_n_estimated"].sum()) > 0
     for column, _, _, larger_is_better in RADAR_AXES:
         data[column] = groups[column].astype(float)
         data[f"{column}_normalised"] = normalise_for_radar(groups[column].astype(float), larger_is_better)
@@ -139,6 +151,8 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
                 label += f" * ({int(row['n_diverged'])}/{int(row['n_expected'])} seeds diverged)"
             if row["n_finished"] < row["n_expected"]:
                 label += f" [{int(row['n_finished'])}/{int(row['n_expected'])} seeds finished]"
+            if row["energy_n_estimated"] > 0:
+                label += " (E est.)"
             if missing_axes:
                 label += " — missing: " + ", ".join(name.replace("$", "") for name in missing_axes)
             closed_angles = np.r_[angles, angles[:1]]
@@ -151,8 +165,8 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
         axis_labels = []
         for column, name, unit, _ in RADAR_AXES:
             text = f"{name}\n{_range_text(data[column], unit)}"
-            if column == "energy_wh_mean" and data["energy_n_estimated"].sum() > 0:
-                text += "\n(includes estimates)"
+            if column == "energy_wh_mean" and any_estimate:
+                text += "\n(est.: assumed power × time)"
             axis_labels.append(text)
         axes.set_xticks(angles)
         axes.set_xticklabels(axis_labels)
@@ -172,7 +186,7 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
             "this value (1 = best setting). Raw ranges under the axis names. Means over finished seeds, per "
             "setting: " + ", ".join(f"{s} {int(n)}/{int(e)}" for s, n, e in
                                     zip(data["setting"], data["accuracy_n"], data["n_expected"]))
-            + ". E = carbontracker training energy, PUE-adjusted. Memory = "
+            + ". " + energy_description(groups) + " Memory = "
             f"{describe_memory_kinds(groups)}, GB = 1e9 bytes. T = inference over the whole test set. "
             f"Device: {describe_devices(groups)}.",
         )
@@ -280,8 +294,9 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
     cost_column = front_df.attrs.get("cost_column", front_df["cost_column"].iloc[0])
     energy_fallback = cost_column != "energy_wh_mean"
     cost_label = "training energy E (Wh, PUE-adjusted)" if not energy_fallback else "total training time (s)"
-    if not energy_fallback and int(front_df["energy_n_estimated"].sum()) > 0:
-        cost_label += ", includes labelled estimates"
+    estimated_energy = not energy_fallback and int(front_df["energy_n_estimated"].sum()) > 0
+    if estimated_energy:
+        cost_label += ", est.: assumed power × time"
     plottable = front_df[np.isfinite(front_df[cost_column].astype(float))
                          & np.isfinite(front_df["accuracy_mean"].astype(float))].copy()
     left_out = front_df.drop(plottable.index)
@@ -305,7 +320,10 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
             colour = colours[row["model"]]
             axes.scatter(row[cost_column], row["accuracy_mean"], s=row["marker_area"], edgecolors=[colour],
                          facecolors=[colour] if non_dominated else ["none"], linewidths=1.5, zorder=3)
-            axes.annotate(f"{row['model']}/{row['setting']}", (row[cost_column], row["accuracy_mean"]),
+            point_label = f"{row['model']}/{row['setting']}"
+            if estimated_energy and row["energy_n_estimated"] > 0:
+                point_label += " (est.)"
+            axes.annotate(point_label, (row[cost_column], row["accuracy_mean"]),
                           textcoords="offset points", xytext=(6, 5), fontsize=7)
         if not plottable.empty:
             front_x, front_y = accuracy_cost_staircase(plottable[cost_column].astype(float).to_numpy(),
@@ -331,6 +349,8 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
             f"Means over finished seeds ({int(front_df['n_finished'].sum())} of {int(front_df['n_expected'].sum())} "
             f"expected runs). Memory: {describe_memory_kinds(front_df)}. Device: {describe_devices(front_df)}."
         )
+        if estimated_energy:
+            note += " " + energy_description(front_df)
         if not left_out.empty:
             note += " Not plotted (value missing): " + ", ".join(
                 f"{m}/{s}" for m, s in zip(left_out["model"], left_out["setting"])

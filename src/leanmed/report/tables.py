@@ -20,6 +20,7 @@ from leanmed.report.aggregate import (
     describe_memory_kinds,
     group_summary,
     order_settings,
+    split_methods,
 )
 
 CHECK = "✓"
@@ -167,6 +168,13 @@ def paper_table(summary: pd.DataFrame, dataset: str, scale: int = 1) -> pd.DataF
     return table
 
 
+def _list_methods(methods: list[str]) -> str:
+    """Energy methods printed whole (each contains "; " itself), numbered when there are several."""
+    if len(methods) == 1:
+        return methods[0]
+    return " ".join(f"({number}) {method}" for number, method in enumerate(methods, start=1))
+
+
 def paper_caption(summary: pd.DataFrame, dataset: str, scale: int = 1) -> str:
     """What the paper table shows: columns, units, devices, and how many runs/seeds it summarises."""
     groups = _ordered_groups(summary, dataset, scale)
@@ -178,23 +186,27 @@ def paper_caption(summary: pd.DataFrame, dataset: str, scale: int = 1) -> str:
     seeds = sorted({int(seed) for text in groups["seeds_expected"] for seed in str(text).split()})
     autocast = sorted({d for text in groups["autocast_dtype"] for d in str(text).split("; ") if d and d != "nan"})
     pues = sorted({p for text in groups["energy_pue"] for p in str(text).split("; ") if p and p != "nan"})
-    methods = sorted(
-        {m for text in groups["energy_estimate_method"] for m in str(text).split("; ") if m and m != "nan"}
-    )
+    methods = split_methods(groups["energy_estimate_method"])
     any_estimate = int(groups["energy_n_estimated"].sum()) > 0
-
-    measured_methods = sorted(
-        {m for text in groups["energy_method"] for m in str(text).split("; ") if m and m != "nan"}
+    powers = sorted(
+        {w for text in groups.get("energy_assumed_power_w", []) for w in str(text).split("; ") if w and w != "nan"},
+        key=float,
     )
+
+    measured_methods = split_methods(groups["energy_method"])
     energy_text = (
         "E (Wh) = training energy reported by carbontracker, PUE-adjusted as carbontracker reports it"
         + (f" (PUE {', '.join(pues)})" if pues else "")
-        + (f", measured as: {'; '.join(measured_methods)}" if measured_methods else "")
+        + (f", measured as: {_list_methods(measured_methods)}" if measured_methods else "")
         + f"; '{NOT_MEASURED}' = not measured"
     )
     if any_estimate:
-        energy_text += f"; '{ESTIMATE_SUFFIX.strip()}' = an estimate, not a measurement" + (
-            f" (method: {'; '.join(methods)})" if methods else ""
+        energy_text += (
+            f"; '{ESTIMATE_SUFFIX.strip()}' = an estimate, not a measurement: no energy counter was read "
+            "(for some component), carbontracker assumed a constant power"
+            + (f" of {', '.join(powers)} W" if powers else "")
+            + " times the training time"
+            + (f" (method: {_list_methods(methods)})" if methods else "")
         )
     return (
         f"Dataset {dataset}, image scale S={scale} (S=1: full resolution). "

@@ -6,8 +6,16 @@ What carbontracker 2.4.7 measures, and what this wrapper changes:
   (every process on the machine). Without RAPL it measures nothing: it assumes a constant power, half the TDP of the
   CPU model it matches in its table (or half the table's average TDP), for as long as the phase runs. ``method``
   says which case applied and the wattage.
-- GPU (only when the job runs on CUDA): NVML power draw of the GPUs in CUDA_VISIBLE_DEVICES (all GPUs when unset),
-  sampled every ``update_interval_s`` (0.1 s: a stretch without any sample gets the previous stretch's energy
+- Measured or estimated: ``measured`` is true when a real counter was read (RAPL for the CPU, NVML for the GPU,
+  powermetrics on Apple silicon); ``estimated`` is true when the figure is, wholly or in part, an assumed constant
+  power x time (carbontracker's generic CPU without RAPL, or its simulated components), with ``assumed_power_w``
+  (before PUE) and ``estimated_components``. A CPU-only job without RAPL is ``measured: false, estimated: true``;
+  a GPU job on such a machine is both (NVML for the GPU, the CPU part assumed).
+- GPU (only when the job runs on CUDA): carbontracker 2.4.7 reads NVML power for the GPUs whose integer indices
+  are in CUDA_VISIBLE_DEVICES (as NVML indices), and for every GPU of the machine when it is unset or holds UUIDs.
+  Here the NVML handle is chosen instead as the GPU this job computes on (torch's device UUID, else its
+  CUDA_VISIBLE_DEVICES entry), so a job measures its own GPU only (``leanmed.train.devices`` gives each job
+  one); sampled every ``update_interval_s`` (0.1 s: a stretch without any sample gets the previous stretch's energy
   from carbontracker, so sampling often keeps short epochs honest; RAPL readings take 1 s each regardless).
 - carbontracker multiplies its energy by a data-centre PUE (1.58); ``energy_kwh`` is the figure divided by it,
   ``energy_kwh_pue`` the figure as carbontracker reports it.
@@ -26,6 +34,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
+import re
 import threading
 import time
 import traceback
@@ -38,7 +48,13 @@ import torch
 __all__ = ["EnergyMeter", "read_energy_logs", "unmeasured", "prefetch_cpu_info", "ENERGY_KEYS"]
 
 METHOD_FILE = "leanmed_method.json"
-ENERGY_KEYS = ("measured", "energy_kwh", "energy_kwh_pue", "pue", "co2eq_g", "components", "method", "note")
+ENERGY_KEYS = ("measured", "estimated", "assumed_power_w", "estimated_components", "energy_kwh", "energy_kwh_pue",
+               "pue", "co2eq_g", "components", "method", "note")
+# carbontracker handlers that read a real energy or power counter, and those that assume a constant power.
+COUNTER_HANDLERS = {"IntelCPU": "RAPL", "NvidiaGPU": "NVML", "AppleSiliconCPU": "powermetrics",
+                    "AppleSiliconGPU": "powermetrics"}
+ASSUMED_POWER_HANDLERS = ("GenericCPU", "SimulatedCPUHandler", "SimulatedGPUHandler")
+_CONSTANT_POWER_TEXT = re.compile(r"constant power of ([0-9.]+) W")
 
 _cpu_info_lock = threading.Lock()
 _cpu_info_cache: dict | None = None
@@ -91,6 +107,9 @@ def unmeasured(reason: str, components: list[str] | None = None, method: str | N
     """An energy record for a phase that could not be measured: numbers null, the reason in ``note``."""
     return {
         "measured": False,
+        "estimated": False,
+        "assumed_power_w": None,
+        "estimated_components": [],
         "energy_kwh": None,
         "energy_kwh_pue": None,
         "pue": None,
@@ -157,6 +176,8 @@ class EnergyMeter:
         self._tracker = None
         self._loggers: list[logging.Logger] = []
         self._method_parts: list[str] = []
+        # component -> "counter" (a real counter was read) or the constant power assumed (W)
+        self._readings: dict[str, str | float] = {}
         self._finished = False
         if enabled:
             prefetch_cpu_info()
@@ -204,6 +225,7 @@ class EnergyMeter:
                 self.problems.append("carbontracker stopped itself during construction (see its _err.log)")
             else:
                 self._tracker = tracker
+                self._select_job_gpu()
                 logger = tracker.logger
                 self._loggers = [logger.logger, logger.logger_output, logger.logger_err]
         except BaseException as error:  # SystemExit included: carbontracker may call sys.exit
@@ -211,6 +233,30 @@ class EnergyMeter:
             self._tracker = None
         finally:
             self.construct_seconds = time.perf_counter() - started
+
+    def _select_job_gpu(self) -> None:
+        """Make carbontracker's NVML handler read the GPU this job computes on, not every GPU of the machine."""
+        if "gpu" not in self.components:
+            return
+        index = self.device.index if self.device.index is not None else 0
+        try:
+            torch_uuid = str(torch.cuda.get_device_properties(index).uuid)
+        except Exception:
+            torch_uuid = None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        for component in self._tracker.tracker.components:
+            handler = component._handler
+            if type(handler).__name__ != "NvidiaGPU":
+                continue
+
+            def job_handles(handler=handler):
+                import pynvml
+
+                handles, how = nvml_handles_for_job(pynvml, index, visible, torch_uuid)
+                handler.leanmed_gpu_selection = how
+                return handles
+
+            handler._get_handles = job_handles
 
     # -- phase control ------------------------------------------------------------------------------------------
     def epoch_start(self) -> None:
@@ -251,9 +297,18 @@ class EnergyMeter:
     def _describe_components(self) -> None:
         """Record what each measured component really is (RAPL, constant power, NVML) for ``method``."""
         parts = []
+        readings: dict[str, str | float] = {}
         for component in self._tracker.tracker.components:
             handler = component._handler
             handler_name = type(handler).__name__
+            if handler_name in COUNTER_HANDLERS:
+                readings[component.name] = "counter"
+            elif handler_name in ASSUMED_POWER_HANDLERS:
+                try:
+                    power = float(handler.tdp) if handler_name == "GenericCPU" else float(sum(handler.power_usage()))
+                except Exception:
+                    power = float("nan")
+                readings[component.name] = power
             try:
                 devices = ", ".join(handler.devices())
             except Exception:
@@ -267,10 +322,16 @@ class EnergyMeter:
             elif handler_name == "IntelCPU":
                 parts.append(f"CPU: RAPL energy counters ({devices}), whole package and DRAM, all processes")
             elif handler_name == "NvidiaGPU":
-                parts.append(f"GPU: NVML power draw of {devices}, sampled every {self.update_interval_s} s")
+                selection = getattr(handler, "leanmed_gpu_selection", None)
+                parts.append(f"GPU: NVML power draw of {devices}" + (f" ({selection})" if selection else "")
+                             + f", sampled every {self.update_interval_s} s")
+            elif handler_name in ASSUMED_POWER_HANDLERS:
+                parts.append(f"{component.name.upper()} '{devices}': simulated by carbontracker, a constant power of "
+                             f"{readings[component.name]:.1f} W is assumed; energy = that power x phase time")
             else:
                 parts.append(f"{component.name.upper()}: {handler_name} ({devices})")
         self._method_parts = parts
+        self._readings = readings
 
     def finish(self) -> None:
         """Stop measuring and write carbontracker's actual totals to its log. Safe to call more than once."""
@@ -296,7 +357,9 @@ class EnergyMeter:
         """Keep the description next to the logs, for a resumed job whose last process measured nothing itself."""
         if self._method_parts:
             try:
-                (self.log_dir / METHOD_FILE).write_text(json.dumps(self._method_parts))
+                (self.log_dir / METHOD_FILE).write_text(
+                    json.dumps({"parts": self._method_parts, "readings": self._readings})
+                )
             except OSError as error:
                 self.problems.append(f"could not save the method description: {error}")
 
@@ -304,9 +367,14 @@ class EnergyMeter:
         path = self.log_dir / METHOD_FILE
         if not self._method_parts and path.is_file():
             try:
-                self._method_parts = list(json.loads(path.read_text()))
+                saved = json.loads(path.read_text())
             except (OSError, ValueError):
-                pass
+                return
+            if isinstance(saved, dict):
+                self._method_parts = list(saved.get("parts") or [])
+                self._readings = dict(saved.get("readings") or {})
+            else:  # written by an earlier leanmed: the parts alone
+                self._method_parts = list(saved)
 
     def _fail(self, step: str, error: BaseException) -> None:
         self.problems.append(f"carbontracker {step} failed: {type(error).__name__}: {error}")
@@ -396,16 +464,66 @@ class EnergyMeter:
             )
             notes.append(f"CO2eq at {intensity:.1f} gCO2eq/kWh: {source}")
         notes.extend(self.problems)
+        method = self.method()
+        kind = reading_kind(self._readings, method)
+        if kind["estimated"]:
+            notes.insert(0, "estimate: " + ", ".join(kind["estimated_components"]) + " energy is an assumed constant "
+                         f"power ({kind['assumed_power_w']:.1f} W) x time, no energy counter was read for it")
         return {
-            "measured": True,
+            **kind,
             "energy_kwh": energy_kwh_pue / pue,
             "energy_kwh_pue": energy_kwh_pue,
             "pue": pue,
             "co2eq_g": co2eq_g,
             "components": list(self.components),
-            "method": self.method(),
+            "method": method,
             "note": "; ".join(notes) if notes else None,
             "carbon_intensity_g_per_kwh": intensity,
             "tracker_construct_seconds": self.construct_seconds,
             "tracker_stop_seconds": self.stop_seconds,
         }
+
+
+def reading_kind(readings: dict, method: str = "") -> dict:
+    """``measured`` / ``estimated`` / ``assumed_power_w`` / ``estimated_components`` from what each component
+    read (``readings``: component -> "counter" or the assumed W). Without readings (a log written by an older
+    leanmed), the method text decides: "constant power of X W" marks the CPU as assumed."""
+    counters = [name for name, value in readings.items() if value == "counter"]
+    assumed = {name: float(value) for name, value in readings.items() if value != "counter"}
+    if not readings:
+        match = _CONSTANT_POWER_TEXT.search(method or "")
+        if match:
+            assumed = {"cpu": float(match.group(1))}
+            counters = ["gpu"] if "NVML" in (method or "") else []
+        else:
+            counters = ["unknown"]  # as before: a figure carbontracker reported counts as measured
+    return {
+        "measured": bool(counters),
+        "estimated": bool(assumed),
+        "assumed_power_w": sum(assumed.values()) if assumed else None,
+        "estimated_components": sorted(assumed),
+    }
+
+
+def nvml_handles_for_job(nvml, cuda_index: int, visible: str | None, torch_uuid: str | None) -> tuple[list, str]:
+    """NVML handle of the GPU a job computes on (its CUDA device ``cuda_index``), and how it was found.
+
+    First by the UUID torch reports for the device (NVML spells it "GPU-..." or "MIG-..."); else by the job's
+    entry in ``visible`` (CUDA_VISIBLE_DEVICES: an NVML index, right when CUDA_DEVICE_ORDER=PCI_BUS_ID, which
+    ``leanmed.train.devices`` sets, or a UUID); else NVML index ``cuda_index``. Raises what NVML raises when none
+    resolves (carbontracker then stops measuring and the energy is recorded as not measured).
+    """
+    if torch_uuid:
+        for candidate in (torch_uuid, "GPU-" + torch_uuid, "MIG-" + torch_uuid):
+            try:
+                return [nvml.nvmlDeviceGetHandleByUUID(candidate)], f"this job's GPU, NVML UUID {candidate}"
+            except Exception:
+                continue
+    if visible is not None:
+        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+        if cuda_index < len(entries):
+            entry = entries[cuda_index]
+            if entry.isdigit():
+                return [nvml.nvmlDeviceGetHandleByIndex(int(entry))], f"this job's GPU, NVML index {entry}"
+            return [nvml.nvmlDeviceGetHandleByUUID(entry)], f"this job's GPU, NVML UUID {entry}"
+    return [nvml.nvmlDeviceGetHandleByIndex(cuda_index)], f"NVML index {cuda_index}"
