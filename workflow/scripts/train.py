@@ -6,6 +6,12 @@ sys.stderr = open(snakemake.log[0], "a")  # append: a resumed job keeps the log 
 sys.stdout = sys.stderr  # carbontracker prints to stdout
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+# Claim one GPU (a file lock per GPU; CUDA_VISIBLE_DEVICES set to it) before anything starts CUDA: several
+# training jobs on one multi-GPU machine then each get their own GPU. Recorded in metrics.json (provenance.gpu_claim).
+from leanmed.train.devices import claim_gpu
+
+claim_gpu(snakemake.params.run.get("device", "auto"))
+
 from leanmed.train.loop import TrainConfig, run
 
 run(

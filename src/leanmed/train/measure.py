@@ -14,6 +14,8 @@ Peak memory
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
 import socket
 import statistics
@@ -292,4 +294,18 @@ def provenance(config_hash: str, device: str | torch.device) -> dict:
         "git_revision": revision,
         "git_dirty": dirty,
         "config_hash": config_hash,
+        "gpu_claim": _gpu_claim(),
     }
+
+
+def _gpu_claim() -> dict | None:
+    """What ``leanmed.train.devices.claim_gpu`` claimed for this process (from its environment variable), or None
+    when the job did not go through it (e.g. the loop run directly)."""
+    text = os.environ.get("LEANMED_GPU_CLAIM")
+    if not text:
+        return None
+    try:
+        claim = json.loads(text)
+    except ValueError:
+        return None
+    return claim if isinstance(claim, dict) else None
