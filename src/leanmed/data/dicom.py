@@ -296,11 +296,11 @@ def read_dicom(
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1))
         bits_allocated = int(ds.BitsAllocated)
+        number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)  # pydicom's badVR.dcm has "1A"
     except (AttributeError, TypeError, ValueError) as error:
         raise DicomError(path, f"incomplete image pixel module ({error})") from None
     if bits_allocated not in (8, 16):
         raise DicomError(path, f"unsupported Bits Allocated {bits_allocated} (8 or 16 supported)")
-    number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if min_side is not None:
         reduce = reduce_level_for(rows, columns, min_side, oversample=1.0)
 
