@@ -40,19 +40,38 @@ def snakemake(workdir, *args, check=True, timeout=900):
     return process
 
 
+def snakemake_patched(workdir, *args, edited_setting=None, code_versions=None, check=False, timeout=900):
+    """Run Snakemake as if the package code had been edited: `edited_setting` = (name, changes) redefines one entry
+    of leanmed.train.registry.SETTINGS; `code_versions` = {group: version} replaces what
+    leanmed.fingerprint.code_version reports for those code groups (as after an edit of that code)."""
+    script = "import dataclasses, sys, types\n"
+    if edited_setting:
+        setting, changes = edited_setting
+        script += (
+            "import leanmed.train.registry as registry\n"
+            f"edited = dataclasses.replace(registry.SETTINGS[{setting!r}], **{changes!r})\n"
+            f"registry.SETTINGS = types.MappingProxyType({{**registry.SETTINGS, {setting!r}: edited}})\n"
+        )
+    if code_versions:
+        script += (
+            "import leanmed.fingerprint as fingerprint\n"
+            "real_code_version = fingerprint.code_version\n"
+            f"overrides = {dict(code_versions)!r}\n"
+            "fingerprint.code_version = lambda group: overrides.get(group) or real_code_version(group)\n"
+        )
+    script += "from snakemake.cli import main\nsys.argv = ['snakemake', *sys.argv[1:]]\nmain()\n"
+    command = [sys.executable, "-c", script, *args]
+    process = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and process.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({process.returncode}):\n{process.stdout[-5000:]}\n{process.stderr[-8000:]}"
+        )
+    return process
+
+
 def snakemake_with_edited_setting(workdir, setting, changes, *args):
     """Run Snakemake as if leanmed.train.registry defined `setting` with `changes` (an edit of the registry code)."""
-    script = (
-        "import dataclasses, sys, types\n"
-        "import leanmed.train.registry as registry\n"
-        f"edited = dataclasses.replace(registry.SETTINGS[{setting!r}], **{changes!r})\n"
-        f"registry.SETTINGS = types.MappingProxyType({{**registry.SETTINGS, {setting!r}: edited}})\n"
-        "from snakemake.cli import main\n"
-        "sys.argv = ['snakemake', *sys.argv[1:]]\n"
-        "main()\n"
-    )
-    command = [sys.executable, "-c", script, *args]
-    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    return snakemake_patched(workdir, *args, edited_setting=(setting, changes))
 
 
 def planned_jobs(workdir, *args, edited_setting=None):

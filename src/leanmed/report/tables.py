@@ -84,9 +84,10 @@ def format_number(value) -> str:
 
 
 def format_accuracy(mean: float, std: float, n: int, any_diverged: bool) -> str:
-    """"mean ± std" with three decimals (std over seeds, ddof=1; omitted for one seed); "*" when a seed diverged."""
+    """"mean ± std" with three decimals (std over seeds, ddof=1; omitted for one seed); "*" when a seed diverged,
+    also on "n/a" (every seed diverged before any checkpoint: no accuracy, yet the row must say why)."""
     if n == 0 or math.isnan(mean):
-        return NOT_AVAILABLE
+        return NOT_AVAILABLE + (DIVERGED_MARK if any_diverged else "")
     text = f"{mean:.3f}" if n < 2 or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
     return text + (DIVERGED_MARK if any_diverged else "")
 

@@ -1,0 +1,280 @@
+"""The pipeline's contract, proven by execution: after any change, a rerun leaves results/ exactly as a clean run
+from scratch with the new configuration would, retraining what the change affects and touching nothing else.
+
+A tiny real study (both datasets, settings fp32 and half, whose fp16 weights + torch Adam diverge in the first
+epoch) runs end to end; then seven changes are applied one after the other, each followed by a real rerun:
+the split seed, LIDC min_raters, a preprocessing option, the preprocessing code, one setting's registry entry, a
+training option and a new seed. After each rerun every affected run trained afresh (`resumed: false`, new files) and
+every other run file and PNG is byte-identical with its old mtime. At the end a clean run from scratch with the final
+configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
+training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_helpers import copy_workflow, snakemake_patched, write_config
+
+pytestmark = pytest.mark.integration
+
+STUDY = {
+    "demo": {
+        "enabled": True,
+        "seed": 5,
+        "rsna": {"patients": 40, "height": 96, "width": 80},
+        "lidc": {"patients": 10, "patches_per_patient": 4},
+    },
+    "dicom": {"shards": 2},
+    "image_size": 32,
+    "datasets": {"rsna": {"models": ["mlp_small"]}, "lidc": {"models": ["mlp_small"]}},
+    # half: float16 weights + torch Adam, NaN in the first epoch: a diverged run inside the study.
+    "settings": ["fp32", "half"],
+    "seeds": [1],
+    "downsampling": {"runs": []},
+    "training": {
+        "lr": 1.0e-3,
+        "pretrained": False,
+        "batch_size": 16,
+        "max_epochs": 2,
+        "patience": 2,
+        "num_workers": 0,
+        "threads": 1,
+        "device": "cpu",
+        "gpus_per_job": 0,
+        "energy": False,
+        "inference_repeats": 1,
+    },
+    "report": {"n_bootstrap": 100, "dpi": 60},
+}
+TARGETS = ("results/tables/rsna.md", "results/tables/lidc.md")
+RUN_FILES = ("metrics.json", "epochs.csv", "predictions.csv", "last.pt", "best.pt")
+# What legitimately differs between two identical runs: timings, memory, energy, the machine, and resumption.
+VOLATILE_BLOCKS = {"memory", "inference", "energy", "provenance"}
+VOLATILE_TRAINING = {"time_to_best_s", "train_time_total_s", "validation_time_total_s", "resumed"}
+EDITED_HALF = ("half", {"optimizer": "adam8bit"})  # fp16 weights with 8-bit Adam: stays finite
+EDITED_CODE = {"dicom_preprocessing": "edited0000000000"}
+
+
+def deep_merge(base, changes):
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and key in base else value
+    return merged
+
+
+def file_state(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def run_files(workdir):
+    """(dataset, setting, seed) -> {file name: (sha256, mtime_ns)} for every run folder."""
+    runs = {}
+    for metrics in sorted((workdir / "results/runs").glob("*/*/*/s*/seed*/metrics.json")):
+        folder = metrics.parent
+        dataset, _, setting = folder.parts[-5:-2]
+        key = (dataset, setting, int(folder.name.removeprefix("seed")))
+        runs[key] = {name: file_state(folder / name) for name in RUN_FILES if (folder / name).exists()}
+    return runs
+
+
+def png_files(workdir, dataset):
+    return {
+        str(path.relative_to(workdir)): file_state(path)
+        for path in sorted((workdir / f"results/{dataset}").rglob("*.png"))
+    }
+
+
+def metrics_of(workdir, run):
+    dataset, setting, seed = run
+    return json.loads((workdir / f"results/runs/{dataset}/mlp_small/{setting}/s1/seed{seed}/metrics.json").read_text())
+
+
+def stable(metrics):
+    kept = {key: value for key, value in metrics.items() if key not in VOLATILE_BLOCKS}
+    kept["training"] = {key: value for key, value in metrics["training"].items() if key not in VOLATILE_TRAINING}
+    return kept
+
+
+class Study:
+    """One working copy of the workflow, run with a config and (optionally) edited package code."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.config = STUDY
+        self.edited_setting = None
+        self.code_versions = None
+
+    def run(self):
+        write_config(self.workdir / "study.yaml", self.config)
+        snakemake_patched(
+            self.workdir, *TARGETS, "--cores", "2", "--configfile", "study.yaml",
+            edited_setting=self.edited_setting, code_versions=self.code_versions, check=True,
+        )
+
+    def state(self):
+        return dict(
+            runs=run_files(self.workdir), rsna_png=png_files(self.workdir, "rsna"), lidc_png=png_files(self.workdir, "lidc")
+        )
+
+
+def assert_rerun(study, before, affected, pngs_redone=()):
+    """After a rerun: `affected` runs (and runs that are new) trained from scratch; every other run file and every PNG
+    of a dataset not in `pngs_redone` is untouched (same bytes, same mtime)."""
+    after = study.state()
+    for run, files in after["runs"].items():
+        metrics = metrics_of(study.workdir, run)
+        if run in affected or run not in before["runs"]:
+            assert metrics["training"]["resumed"] is False, run
+            assert files["metrics.json"] != before["runs"].get(run, {}).get("metrics.json"), run
+            assert files["epochs.csv"] != before["runs"].get(run, {}).get("epochs.csv"), run
+        else:
+            assert files == before["runs"][run], f"{run} was touched"
+    for dataset in ("rsna", "lidc"):
+        key = f"{dataset}_png"
+        assert after[key], f"no {dataset} PNGs"
+        if dataset in pngs_redone:
+            assert set(after[key]) == set(before[key])
+            assert all(after[key][path][1] != before[key][path][1] for path in after[key]), f"{dataset} PNGs kept"
+        else:
+            assert after[key] == before[key], f"{dataset} PNGs were touched"
+    return after
+
+
+@pytest.fixture(scope="module")
+def changed_study(tmp_path_factory):
+    """The study run once, then changed seven times with a rerun after each; returns it with what each rerun did."""
+    study = Study(copy_workflow(tmp_path_factory.mktemp("changed")))
+    study.run()
+    base = study.state()
+    tables = {dataset: (study.workdir / f"results/tables/{dataset}.md").read_text() for dataset in ("rsna", "lidc")}
+    all_runs = set(base["runs"])
+    rsna = {run for run in all_runs if run[0] == "rsna"}
+    lidc = {run for run in all_runs if run[0] == "lidc"}
+    half = {run for run in all_runs if run[1] == "half"}
+
+    steps = []
+
+    def change(name, config_changes=None, affected=(), pngs_redone=(), edited_setting=None, code_versions=None):
+        before = study.state()
+        study.config = deep_merge(study.config, config_changes or {})
+        study.edited_setting = edited_setting or study.edited_setting
+        study.code_versions = code_versions or study.code_versions
+        study.run()
+        assert_rerun(study, before, set(affected), pngs_redone)
+        steps.append(name)
+
+    change("split seed", {"split": {"seed": 7}}, affected=all_runs)
+    change("LIDC min_raters", {"cohort": {"lidc": {"min_raters": 3}}}, affected=lidc)
+    change("preprocessing option", {"dicom": {"flip_to_left": False}}, affected=rsna, pngs_redone=("rsna",))
+    change("preprocessing code", affected=rsna, pngs_redone=("rsna",), code_versions=EDITED_CODE)
+    change("a setting's registry entry", affected=half, edited_setting=EDITED_HALF)
+    change("training option", {"training": {"lr": 2.0e-3}}, affected=all_runs)
+    change("a new seed", {"seeds": [1, 2]}, affected=())
+    return dict(study=study, base=base, tables=tables, steps=steps)
+
+
+def test_a_run_that_diverges_in_its_first_epoch_completes_and_is_marked_in_the_table(changed_study):
+    base, tables = changed_study["base"], changed_study["tables"]
+    for run in [run for run in base["runs"] if run[1] == "half"]:
+        files = base["runs"][run]
+        assert {"metrics.json", "epochs.csv", "predictions.csv"} <= set(files), run
+        assert "best.pt" not in files  # no epoch finished with a finite validation loss
+    for dataset, table in tables.items():
+        half_row = next(line for line in table.splitlines() if line.startswith("| mlp_small | half |"))
+        assert "n/a*" in half_row and "diverged" in half_row, f"{dataset}:\n{table}"
+
+
+def test_every_change_reran_exactly_what_it_affects(changed_study):
+    # Each step's own assertions ran inside the fixture; here: all seven happened.
+    assert changed_study["steps"] == [
+        "split seed", "LIDC min_raters", "preprocessing option", "preprocessing code", "a setting's registry entry",
+        "training option", "a new seed",
+    ]
+    study = changed_study["study"]
+    for run in run_files(study.workdir):
+        if run[1] == "half":  # trained under the edited registry entry: float16 weights with 8-bit Adam
+            assert metrics_of(study.workdir, run)["setting"]["optimizer_class"] == "bitsandbytes.optim.Adam8bit", run
+
+
+def test_the_changed_study_equals_a_clean_run_of_its_final_configuration(changed_study, tmp_path):
+    changed = changed_study["study"]
+    clean = Study(copy_workflow(tmp_path / "clean"))
+    shutil.copytree(changed.workdir / "data", clean.workdir / "data")  # the raw (generated) data only
+    clean.config, clean.edited_setting, clean.code_versions = changed.config, changed.edited_setting, changed.code_versions
+    clean.run()
+
+    changed_runs, clean_runs = run_files(changed.workdir), run_files(clean.workdir)
+    assert set(changed_runs) == set(clean_runs) and len(clean_runs) == 8
+    for run in clean_runs:
+        assert stable(metrics_of(changed.workdir, run)) == stable(metrics_of(clean.workdir, run)), run
+        assert metrics_of(clean.workdir, run)["training"]["resumed"] is False
+        for name in ("predictions.csv", "epochs.csv"):
+            if name == "epochs.csv":  # per-epoch seconds differ; losses and accuracies must not
+                strip = lambda text: [line.split(",")[:5] for line in text.splitlines()]  # noqa: E731
+            else:
+                strip = lambda text: text.splitlines()  # noqa: E731
+            folder = f"results/runs/{run[0]}/mlp_small/{run[1]}/s1/seed{run[2]}/{name}"
+            assert strip((changed.workdir / folder).read_text()) == strip((clean.workdir / folder).read_text()), (
+                run, name)
+    for relative in ("rsna/images.csv", "rsna/split.csv", "lidc/labels.csv", "lidc/split.csv", "rsna/preprocessing.json"):
+        assert (changed.workdir / "results" / relative).read_bytes() == (clean.workdir / "results" / relative).read_bytes(), relative
+    for dataset in ("rsna", "lidc"):
+        changed_png = {path: state[0] for path, state in png_files(changed.workdir, dataset).items()}
+        clean_png = {path: state[0] for path, state in png_files(clean.workdir, dataset).items()}
+        assert changed_png == clean_png, dataset
+
+
+def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    # A small CNN on 128 patches: epochs of a tenth of a second or more, so the kill lands mid-training.
+    config = deep_merge(STUDY, {
+        "demo": {"lidc": {"patients": 16, "patches_per_patient": 8}},
+        "datasets": {"lidc": {"models": ["test_resnet"]}},
+        "settings": ["fp32"],
+        "training": {"max_epochs": 25, "patience": 25, "lr": 1.0e-4},
+    })
+    del config["datasets"]["rsna"]
+    run_dir = Path("results/runs/lidc/test_resnet/fp32/s1/seed1")
+    target = str(run_dir / "metrics.json")
+
+    uninterrupted = copy_workflow(tmp_path / "uninterrupted")
+    write_config(uninterrupted / "study.yaml", config)
+    snakemake_patched(uninterrupted, target, "--cores", "1", "--configfile", "study.yaml", check=True)
+
+    killed = copy_workflow(tmp_path / "killed")
+    write_config(killed / "study.yaml", config)
+    shutil.copytree(uninterrupted / "data", killed / "data")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "study.yaml"],
+        cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    epochs_csv = killed / run_dir / "epochs.csv"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if epochs_csv.exists() and len(epochs_csv.read_text().splitlines()) >= 3:  # header + 2 epochs done
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the study ended before the kill"
+    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and the training job, as a node failure would
+    process.wait()
+    assert not (killed / target).exists()
+    finished_epochs = len(epochs_csv.read_text().splitlines()) - 1
+    assert 2 <= finished_epochs < 25
+
+    # As after a power loss: release Snakemake's lock, then rerun unchanged (rerun-incomplete is in the profile).
+    snakemake_patched(killed, "--unlock", "--configfile", "study.yaml", check=True)
+    snakemake_patched(killed, target, "--cores", "1", "--configfile", "study.yaml", check=True)
+    resumed = json.loads((killed / target).read_text())
+    reference = json.loads((uninterrupted / target).read_text())
+    assert resumed["training"]["resumed"] is True
+    assert stable(resumed) == stable(reference)
+    assert (killed / run_dir / "predictions.csv").read_text() == (uninterrupted / run_dir / "predictions.csv").read_text()
