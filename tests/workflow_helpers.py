@@ -1,4 +1,5 @@
 """Helpers for tests that run real Snakemake on a copy of the workflow in a temporary folder."""
+import os
 import shutil
 import subprocess
 import sys
@@ -41,27 +42,33 @@ def snakemake(workdir, *args, check=True, timeout=900):
 
 
 def snakemake_patched(workdir, *args, edited_setting=None, code_versions=None, check=False, timeout=900):
-    """Run Snakemake as if the package code had been edited: `edited_setting` = (name, changes) redefines one entry
-    of leanmed.train.registry.SETTINGS; `code_versions` = {group: version} replaces what
-    leanmed.fingerprint.code_version reports for those code groups (as after an edit of that code)."""
-    script = "import dataclasses, sys, types\n"
+    """Run Snakemake as if the package code had been edited, in Snakemake and in every job it starts:
+    `edited_setting` = (name, changes) redefines one entry of leanmed.train.registry.SETTINGS; `code_versions` =
+    {group: version} replaces what leanmed.fingerprint.code_version reports for those code groups.
+
+    The edit is a sitecustomize module on PYTHONPATH, which every Python process (Snakemake, its script jobs)
+    imports at start-up: the jobs run the edited definition, as they would after a real edit."""
+    patch = "import dataclasses, types\n"
     if edited_setting:
         setting, changes = edited_setting
-        script += (
+        patch += (
             "import leanmed.train.registry as registry\n"
             f"edited = dataclasses.replace(registry.SETTINGS[{setting!r}], **{changes!r})\n"
             f"registry.SETTINGS = types.MappingProxyType({{**registry.SETTINGS, {setting!r}: edited}})\n"
         )
     if code_versions:
-        script += (
+        patch += (
             "import leanmed.fingerprint as fingerprint\n"
             "real_code_version = fingerprint.code_version\n"
             f"overrides = {dict(code_versions)!r}\n"
             "fingerprint.code_version = lambda group: overrides.get(group) or real_code_version(group)\n"
         )
-    script += "from snakemake.cli import main\nsys.argv = ['snakemake', *sys.argv[1:]]\nmain()\n"
-    command = [sys.executable, "-c", script, *args]
-    process = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    patch_dir = Path(workdir) / ".test-patches"
+    patch_dir.mkdir(exist_ok=True)
+    (patch_dir / "sitecustomize.py").write_text(patch)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(patch_dir), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "snakemake", *args]
+    process = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=environment)
     if check and process.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({process.returncode}):\n{process.stdout[-5000:]}\n{process.stderr[-8000:]}"
