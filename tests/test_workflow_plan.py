@@ -148,3 +148,31 @@ def test_a_demo_folder_over_raw_data_is_refused(workdir):
     message = process.stdout + process.stderr
     assert process.returncode != 0
     assert "demo.dir" in message and "data.rsna.train_csv" in message
+
+
+def test_a_replaced_raw_dicom_is_seen_and_only_that_image_is_reconverted(workdir):
+    """Raw data is not a rule output, yet a DICOM replaced after a finished conversion is seen (its shard's source
+    fingerprint changes; the other shards rerun too, since their manifests are temporary, but keep their PNGs) and
+    only its PNG is redone; every other PNG keeps its bytes and mtime."""
+    from leanmed.data.sources import shard_of
+
+    generate_rsna(workdir / "data/rsna", n_patients=12, image_shape=(96, 80), seed=4)
+    generate_lidc(workdir / "data/lidc/data_lidc.pickle", n_patients=4, patches_per_patient=2, seed=1)
+    write_config(workdir / "small.yaml", {"dicom": {"shards": 4}, "image_size": 32})
+    target = ("results/rsna/images.csv", "--configfile", "small.yaml")
+    snakemake(workdir, target[0], "--cores", "2", *target[1:])
+    assert planned_jobs(workdir, *target) == {}
+    pngs = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (workdir / "results/rsna/png").rglob("*.png")}
+
+    images = pd.read_csv(workdir / "results/rsna/images.csv", dtype=str)
+    replaced_id, subject = images["image_id"].iloc[0], images["subject_id"].iloc[0]
+    source = workdir / "data/rsna/train_images" / subject / f"{replaced_id}.dcm"
+    other = next(path for path in (workdir / "data/rsna/train_images").rglob("*.dcm") if path != source)
+    source.write_bytes(other.read_bytes())  # a re-downloaded file with other pixels
+    jobs = planned_jobs(workdir, *target)
+    assert jobs["dicom_to_png"] >= 1 and jobs["rsna_images"] == 1, jobs
+    snakemake(workdir, target[0], "--cores", "2", *target[1:])
+    redone = [path for path, state in pngs.items() if (path.read_bytes(), path.stat().st_mtime_ns) != state]
+    assert [path.stem for path in redone] == [replaced_id]
+    shard_log = (workdir / f"logs/rsna/dicom_to_png_{shard_of(replaced_id, 4)}.log").read_text()
+    assert "1 to convert" in shard_log, shard_log

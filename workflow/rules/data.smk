@@ -64,6 +64,7 @@ rule dicom_to_png:
         path_mode=config["dicom"]["path_mode"],
         flip_to_left=config["dicom"]["flip_to_left"],
         preprocessing_code=PREPROCESSING_CODE_VERSION,
+        sources=shard_sources,
     script:
         "../scripts/dicom_to_png.py"
 

@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import sys
 import time
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
@@ -29,6 +28,7 @@ from PIL.PngImagePlugin import PngInfo
 from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
 from leanmed.data.dicom import DicomError, preprocess
+from leanmed.data.sources import shard_of  # noqa: F401  (part of this module's interface)
 from leanmed.fingerprint import code_version, value_version
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,6 @@ _MAX_LISTED = 10  # excluded files named in an error message
 
 class ExcludedFractionError(RuntimeError):
     """More images could not be converted than `dicom.max_excluded_fraction` allows."""
-
-
-def shard_of(image_id: object, n_shards: int) -> int:
-    """Shard (0..n_shards-1) of an image: CRC-32 of its id as text, stable across runs and machines.
-
-    Python's hash() of a str is salted per process, so it would move images between shards from run to run.
-    """
-    if n_shards < 1:
-        raise ValueError(f"n_shards must be at least 1, not {n_shards}")
-    return zlib.crc32(str(image_id).encode("utf-8")) % n_shards
 
 
 def png_path(out_root: str | os.PathLike, subject_id: str, image_id: str) -> Path:
