@@ -4,7 +4,7 @@ import pandas as pd
 from PIL import Image
 
 from leanmed.deploy import deployment_caption, deployment_record, deployment_table
-from leanmed.train.loop import TrainConfig, run
+from leanmed.train.job import TrainConfig, run
 
 
 def make_split(root, n_per_split=8, size=16):

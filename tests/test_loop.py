@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from leanmed.train import loop
-from leanmed.train.loop import TrainConfig, TrainingInterrupted, run, validate_metrics
+from leanmed.train import loop, record
+from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
+from leanmed.train.record import validate_metrics
 
 # bitsandbytes says so for every paged optimiser on CPU; the resolution notes record it already.
 pytestmark = pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
@@ -211,7 +212,7 @@ def test_forced_divergence_is_recorded_and_the_job_returns(split_csv, tmp_path):
     assert metrics["test"]["accuracy"] is None
     validate_metrics(json.loads((tmp_path / "metrics.json").read_text()))
     # Every declared output exists: no predictions, but the file with its header.
-    assert (tmp_path / "predictions.csv").read_text().splitlines() == [",".join(loop.PREDICTION_COLUMNS)]
+    assert (tmp_path / "predictions.csv").read_text().splitlines() == [",".join(record.PREDICTION_COLUMNS)]
 
 
 def test_divergence_after_a_good_epoch_evaluates_the_best_checkpoint(split_csv, tmp_path, monkeypatch):
@@ -291,7 +292,7 @@ def test_metrics_schema_rejects_a_missing_field(split_csv, tmp_path):
 
 
 def test_command_line(split_csv, tmp_path, capsys):
-    code = loop.main(["--split-csv", split_csv, "--out-dir", str(tmp_path), "--dataset", "demo", "--model",
+    code = main(["--split-csv", split_csv, "--out-dir", str(tmp_path), "--dataset", "demo", "--model",
                       "mlp_small", "--setting", "fp32", "--seed", "1", "--image-size", "32", "--max-epochs", "1",
                       "--batch-size", "16", "--lr", "0.01", "--energy", "false", "--inference-repeats", "1"])
     assert code == 0 and (tmp_path / "metrics.json").is_file()

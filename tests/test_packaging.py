@@ -41,7 +41,7 @@ def test_readme_quick_start_is_the_two_make_commands_ci_runs():
 
 
 def test_measurement_docs_define_every_metric():
-    from leanmed.train.loop import DEFINITIONS
+    from leanmed.train.record import DEFINITIONS
 
     documentation = (REPO / "docs/measurements.md").read_text()
     missing = [key for key in DEFINITIONS if f"`{key}`" not in documentation]

@@ -327,7 +327,7 @@ def pretrained_of(model):
 
 
 def train_params(wildcards):
-    """The options of one training job (leanmed.train.loop.TrainConfig fields); a change reruns that job."""
+    """The options of one training job (leanmed.train.job.TrainConfig fields); a change reruns that job."""
     training = config["training"]
     params = dict(
         dataset=wildcards.dataset,

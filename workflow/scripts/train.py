@@ -12,7 +12,7 @@ from leanmed.train.devices import claim_gpu
 
 claim_gpu(snakemake.params.run.get("device", "auto"))
 
-from leanmed.train.loop import TrainConfig, run
+from leanmed.train.job import TrainConfig, run
 
 run(
     TrainConfig(

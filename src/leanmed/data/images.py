@@ -98,7 +98,7 @@ def split_fingerprint(split_csv: str | Path) -> dict:
     """What a training job reads, by content: sha256 of ``split.csv``'s bytes and one sha256 over every image it lists
     (each row's ``path`` and the PNG's bytes, in file order, all splits).
 
-    A training checkpoint is resumed only when these match (leanmed.train.loop): a rerun after a new split, new labels
+    A training checkpoint is resumed only when these match (leanmed.train.checkpoint): a rerun after a new split, new labels
     or re-converted images trains from scratch. Hashing reads each PNG once more; for the paper's RSNA cohort
     (11,856 PNGs at 256 px, about 0.6 GB) that is about a second, small beside one epoch.
     """

@@ -1,0 +1,166 @@
+"""Checkpoints of a training job and when they may be resumed.
+
+``last.pt`` (after every epoch: weights, optimiser and scaler state, RNG states, history) and ``best.pt`` (at every
+improvement: weights and bookkeeping only) are written atomically. A ``last.pt`` is resumed only when its fingerprint
+is the job's: the options that change results (``RESULT_FIELDS``), the workflow's ``config_hash`` (every option of the
+job, the registry entries and training code behind it) and the content of the job's inputs (split.csv and every image
+it lists). Any other rerun starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from leanmed.atomic import atomic_path
+from leanmed.train.loop import restore_rng_states, rng_states
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RESULT_FIELDS",
+    "JobState",
+    "job_fingerprint",
+    "save_atomically",
+    "checkpoint_payload",
+    "load_checkpoint",
+    "resumable_checkpoint",
+    "resume_state",
+]
+
+CHECKPOINT_FORMAT = 1
+# Fields of the job's TrainConfig that change results: a last.pt written under other values is not resumed.
+RESULT_FIELDS = (
+    "dataset", "model", "setting", "seed", "scale", "downsample_mode", "image_size", "lr", "batch_size", "patience",
+    "pretrained",
+)
+
+
+
+
+
+@dataclass
+class JobState:
+    """Everything about the training so far that a checkpoint must carry besides weights and RNG states."""
+
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+    early_stopped: bool = False
+    diverged: bool = False
+    divergence: str | None = None
+    segments: int = 0
+    train_peak_bytes: int | None = None
+    train_peak_reserved_bytes: int | None = None
+    memory_kind: str | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        return float(sum(row["epoch_train_seconds"] for row in self.history))
+
+    @property
+    def val_seconds(self) -> float:
+        return float(sum(row["epoch_val_seconds"] or 0.0 for row in self.history))
+
+
+def job_fingerprint(cfg, device: str, inputs: dict) -> dict:
+    """What a last.pt must match to be resumed. The workflow's config_hash covers every option of the job and the
+    registry entries and training code behind it; ``inputs`` (``split_fingerprint``) covers the content of split.csv
+    and of every image it lists. A rerun after any change of options, code, split, labels or images starts over
+    instead of continuing (or re-scoring) weights trained under another definition or on other data."""
+    values = {name: getattr(cfg, name) for name in RESULT_FIELDS}
+    values["config_hash"] = cfg.config_hash
+    values["inputs"] = {key: inputs[key] for key in ("split_csv_sha256", "images_sha256", "n_images")}
+    values["pretrained"] = str(values["pretrained"])
+    values["device_type"] = torch.device(device).type
+    return values
+
+
+def save_atomically(payload: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path`` (atomic on POSIX)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def checkpoint_payload(
+    cfg, state: JobState, model, optimizer, scaler, input_size: int, fingerprint: dict, full: bool
+) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict() if full else None,
+        "scaler_state": scaler.state_dict() if (full and scaler is not None) else None,
+        "epoch": state.epoch,
+        "best_val_loss": state.best_val_loss,
+        "best_epoch": state.best_epoch,
+        "epochs_without_improvement": state.epochs_without_improvement,
+        "history": [dict(row) for row in state.history],
+        "rng_states": rng_states(str(next(model.parameters()).device)) if full else None,
+        "elapsed": {"train": state.train_seconds, "val": state.val_seconds},
+        "model": cfg.model,
+        "image_size": cfg.image_size,
+        "input_size": input_size,
+        "setting": cfg.setting,
+        "early_stopped": state.early_stopped,
+        "diverged": state.diverged,
+        "divergence": state.divergence,
+        "segments": state.segments,
+        "train_peak_bytes": state.train_peak_bytes,
+        "train_peak_reserved_bytes": state.train_peak_reserved_bytes,
+        "memory_kind": state.memory_kind,
+        "fingerprint": fingerprint,
+    }
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load on the CPU: RNG states must stay CPU byte tensors; load_state_dict copies weights and optimiser state
+    to the parameters' device."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resumable_checkpoint(path: Path, fingerprint: dict) -> dict | None:
+    """The last.pt at ``path`` when it was written by this very configuration (an interrupted or finished run of this
+    job), else None (no file, or another configuration: the job starts over)."""
+    if not path.is_file():
+        return None
+    checkpoint = load_checkpoint(path)
+    written_by = checkpoint.get("fingerprint")
+    if written_by != fingerprint:
+        logging.getLogger(__name__).warning(
+            "%s was written by another configuration (%s, now %s): starting this job over", path, written_by,
+            fingerprint,
+        )
+        return None
+    return checkpoint
+
+
+def resume_state(checkpoint: dict, model, optimizer, scaler) -> JobState:
+    model.load_state_dict(checkpoint["model_state"])
+    optimizer.load_state_dict(checkpoint["optimizer_state"])
+    if scaler is not None and checkpoint.get("scaler_state") is not None:
+        scaler.load_state_dict(checkpoint["scaler_state"])
+    restore_rng_states(checkpoint["rng_states"])
+    return JobState(
+        epoch=int(checkpoint["epoch"]),
+        best_val_loss=float(checkpoint["best_val_loss"]),
+        best_epoch=checkpoint["best_epoch"],
+        epochs_without_improvement=int(checkpoint["epochs_without_improvement"]),
+        history=[dict(row) for row in checkpoint["history"]],
+        early_stopped=bool(checkpoint["early_stopped"]),
+        diverged=bool(checkpoint["diverged"]),
+        divergence=checkpoint.get("divergence"),
+        segments=int(checkpoint.get("segments", 1)),
+        train_peak_bytes=checkpoint.get("train_peak_bytes"),
+        train_peak_reserved_bytes=checkpoint.get("train_peak_reserved_bytes"),
+        memory_kind=checkpoint.get("memory_kind"),
+    )
+
+

@@ -1,0 +1,218 @@
+"""What a training job writes besides checkpoints: metrics.json (its content, schema and definitions), epochs.csv and
+predictions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from leanmed.atomic import atomic_path, write_text_atomically
+from leanmed.train.measure import gradient_bytes, optimizer_state_bytes, parameter_bytes, provenance
+from leanmed.train.models import get_model_spec, has_pretrained_weights
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EPOCH_COLUMNS",
+    "PREDICTION_COLUMNS",
+    "DEFINITIONS",
+    "load_schema",
+    "validate_metrics",
+    "write_csv",
+    "write_json",
+    "finite_or_none",
+    "memory_block",
+    "metrics_record",
+    "pretrained_record",
+]
+
+SCHEMA_VERSION = 1
+EPOCH_COLUMNS = (
+    "epoch", "train_loss", "val_loss", "val_accuracy", "val_roc_auc", "epoch_train_seconds", "epoch_val_seconds", "lr",
+)
+PREDICTION_COLUMNS = ("image_id", "subject_id", "label", "probability", "prediction")
+
+
+def finite_or_none(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text_atomically(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def load_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of metrics.json."""
+    text = resources.files("leanmed").joinpath("schemas", "metrics.schema.json").read_text()
+    return json.loads(text)
+
+
+def validate_metrics(metrics: dict) -> None:
+    """Raise jsonschema.ValidationError when ``metrics`` does not follow metrics.schema.json."""
+    import jsonschema
+
+    schema = load_schema()
+    jsonschema.validators.validator_for(schema)(schema).validate(metrics)
+
+
+DEFINITIONS = {
+    "status": "completed: training ended by early stopping or max_epochs; diverged: a NaN/inf training or validation "
+              "loss stopped it (the paper's *)",
+    "setting": "what ran: weight dtype, autocast dtype (null without autocast), GradScaler, optimiser class and its "
+               "state width for tensors of >= 4096 elements (smaller ones keep 32-bit state with bitsandbytes)",
+    "model.n_parameters": "number of parameters (1 input channel, 1 output logit)",
+    "model.image_size": "side (pixels) images are resized to before downsampling",
+    "model.input_size": "side (pixels) of the model input: image_size / scale with smaller_input, else image_size",
+    "training.epochs_run": "epochs started, including an epoch cut short by divergence",
+    "training.best_epoch": "epoch (1-based) with the lowest validation loss; its checkpoint is evaluated on the "
+                           "test set",
+    "training.early_stopped": "true when patience epochs passed without a lower validation loss",
+    "training.time_to_best_s": "seconds of training passes (loading, transfer, forward, backward, optimiser step over "
+                               "the training batches; validation, checkpoints and energy logging excluded) summed "
+                               "over epochs 1..best_epoch: the time to convergence T_c",
+    "training.train_time_total_s": "seconds of training passes over all epochs run (validation excluded)",
+    "training.validation_time_total_s": "seconds of validation passes over all epochs",
+    "training.resumed": "true when the job continued from a last.pt written by an earlier process",
+    "test": "metrics of the best-validation checkpoint on the test split at threshold 0.5 (prediction positive when "
+            "sigmoid(logit) >= 0.5); roc_auc is rank-based; loss is the mean BCE per image; null when no checkpoint "
+            "or undefined",
+    "memory.kind": "cuda_max_memory_allocated_bytes: torch.cuda.max_memory_allocated after a reset at the phase start "
+                   "(tensors of this process on the GPU); cpu_peak_rss_bytes: peak resident set size of the whole "
+                   "process during the phase, sampled every 10 ms",
+    "memory.train_peak_bytes": "peak over the training phase (training and validation passes; the maximum over "
+                               "processes for a resumed job), in bytes",
+    "memory.inference_peak_bytes": "peak during the inference timing (batch-32 passes and batch-1 latency), in bytes",
+    "memory.*_reserved_bytes": "torch.cuda.max_memory_reserved (bytes the caching allocator held); null on CPU",
+    "memory.*_start_bytes": "allocated bytes (CUDA) or RSS (CPU) at the start of the phase",
+    "memory.weights_bytes": "bytes of the model parameters in their training dtype (buffers excluded)",
+    "memory.gradients_bytes": "bytes of the parameters' gradient tensors after a training step",
+    "memory.optimizer_state_bytes": "bytes of all tensors in the optimiser state at the end of training "
+                                    "(moments, step counters, 8-bit quantisation maps and block absmax; shared "
+                                    "tensors once)",
+    "inference.test_set_seconds": "median over repeats of one pass over the test set in batches of 32 with the best "
+                                  "checkpoint: host-to-device copy, forward under the setting's precision, no_grad, "
+                                  "CUDA synchronised; images already decoded in memory; warm-up passes excluded",
+    "inference.per_image_latency_ms": "median over repeats of the mean batch-1 forward time over latency_images test "
+                                      "images, in milliseconds",
+    "energy.train": "carbontracker over the training epochs (training and validation passes), all processes of a "
+                    "resumed job summed; energy_kwh excludes and energy_kwh_pue includes carbontracker's PUE; CO2eq "
+                    "in grams; see method for what was really measured",
+    "energy.inference": "carbontracker over the timed batch-32 test-set passes, per single pass (total / repeats)",
+    "energy.*.measured": "true when a real energy counter was read (RAPL for the CPU, NVML for the GPU); estimated: the "
+                         "figure is, wholly or in part, carbontracker's assumed constant power (assumed_power_w, for "
+                         "estimated_components) x time",
+    "provenance.gpu_claim": "the GPU the job claimed (leanmed.train.devices): source (lock, slurm, none), device, the "
+                            "visible GPUs, lock file, seconds waited; null when the job did not claim one",
+    "inputs": "what the job read, by content: sha256 of split.csv and one sha256 over every listed image's path and "
+              "PNG bytes; a last.pt is resumed only when these, the job's options and the code match",
+    "provenance.cuda": "CUDA version torch was built with, when the job ran on a GPU",
+    "provenance.git_revision": "commit of the leanmed checkout that ran (null outside git); git_dirty: uncommitted "
+                               "changes to tracked files",
+}
+
+
+
+
+def memory_block(state, model, optimizer, gradients_measured, inference_memory) -> dict:
+    notes = []
+    gradients = gradients_measured
+    if gradients is None:
+        gradients = gradient_bytes(model)
+    if gradients is None:
+        # No step ran in this process (a resumed job whose training had finished): a gradient always has its
+        # parameter's shape and dtype, so its size is the parameters' size.
+        gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        notes.append("gradients_bytes from the parameters' shapes and dtypes (no training step in this process)")
+    kind = state.memory_kind or ("cuda_max_memory_allocated_bytes" if inference_memory is not None
+                                 and inference_memory.on_cuda else "cpu_peak_rss_bytes")
+    if kind == "cpu_peak_rss_bytes":
+        notes.append("CPU: peaks are the resident set size of the whole process (interpreter, libraries, cached "
+                     "images included), sampled every 10 ms")
+    if inference_memory is None:
+        notes.append("no inference peak: no checkpoint was evaluated")
+    return {
+        "kind": kind,
+        "train_peak_bytes": state.train_peak_bytes,
+        "inference_peak_bytes": inference_memory.peak_bytes if inference_memory is not None else None,
+        "train_peak_reserved_bytes": state.train_peak_reserved_bytes,
+        "inference_peak_reserved_bytes": inference_memory.peak_reserved_bytes if inference_memory is not None else None,
+        "inference_start_bytes": inference_memory.start_bytes if inference_memory is not None else None,
+        "weights_bytes": parameter_bytes(model),
+        "gradients_bytes": int(gradients),
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+        "note": "; ".join(notes) if notes else None,
+    }
+
+
+def metrics_record(cfg, state, resolved, model, input_size, test_block, memory_block, inference_block,
+             energy_train, energy_inference, inputs) -> dict:
+    spec = get_model_spec(cfg.model)
+    n_parameters = sum(parameter.numel() for parameter in model.parameters())
+    best_rows = [row for row in state.history if state.best_epoch is not None and row["epoch"] <= state.best_epoch]
+    training_note = state.divergence
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "dataset": cfg.dataset, "model": cfg.model, "timm_name": spec.timm_name, "setting": cfg.setting,
+            "scale": cfg.scale, "seed": cfg.seed, "downsample_mode": cfg.downsample_mode,
+        },
+        "status": "diverged" if state.diverged else "completed",
+        "diverged": state.diverged,
+        "setting": resolved.record(),
+        "model": {
+            "n_parameters": n_parameters, "n_parameters_millions": n_parameters / 1e6,
+            "image_size": cfg.image_size, "input_size": input_size,
+            "pretrained": pretrained_record(cfg),
+        },
+        "training": {
+            "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch,
+            "best_val_loss": finite_or_none(state.best_val_loss),
+            "early_stopped": state.early_stopped,
+            "max_epochs": cfg.max_epochs,
+            "patience": cfg.patience,
+            "time_to_best_s": float(sum(row["epoch_train_seconds"] for row in best_rows)) if best_rows else None,
+            "train_time_total_s": state.train_seconds,
+            "validation_time_total_s": state.val_seconds,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "resumed": state.segments > 1,
+            "note": training_note,
+        },
+        "test": test_block,
+        "memory": memory_block,
+        "inference": inference_block,
+        "energy": {
+            "train": energy_train.result(),
+            "inference": energy_inference,
+        },
+        "inputs": inputs,
+        "provenance": provenance(cfg.config_hash, resolved.device),
+        "definitions": dict(DEFINITIONS),
+    }
+
+
+
+
+def pretrained_record(cfg) -> bool | str:
+    """What initialised the model: false, true (timm's weights), a weights file, or why true fell back to random."""
+    if cfg.pretrained is True and not has_pretrained_weights(cfg.model):
+        return "none available in timm: random initialisation"
+    return cfg.pretrained if isinstance(cfg.pretrained, bool) else str(cfg.pretrained)
+
+
