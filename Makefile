@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.leanmed-installed
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: setup demo test test-fast lint benchmarks clean-demo
+.PHONY: setup demo test test-fast lint benchmarks clean-demo gpu-check
 
 setup: $(INSTALLED)
 
@@ -19,6 +19,14 @@ demo: setup
 	$(SNAKEMAKE) --profile profiles/demo
 	$(SNAKEMAKE) --profile profiles/demo --report results/report.html
 	@$(BIN)/python -m leanmed.report.where results
+
+# The whole chain on one GPU (densenet121, both datasets, 128 px, the five paper settings): <= 5 minutes on an
+# H100-class GPU; prints peak-memory and step-time ratios per setting. Without a GPU it says so at once.
+gpu-check: setup
+	$(BIN)/python -m leanmed.report.gpu_check --require-gpu
+	$(SNAKEMAKE) --profile profiles/gpu-check
+	$(SNAKEMAKE) --profile profiles/gpu-check --report results/gpu-check/report.html
+	@$(BIN)/python -m leanmed.report.gpu_check results/gpu-check
 
 test: setup
 	$(BIN)/python -m pytest

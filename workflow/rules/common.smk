@@ -11,8 +11,8 @@ from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from snakemake.exceptions import WorkflowError
 
-RESULTS = "results"
-LOGS = "logs"
+RESULTS = config["results_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/")
 BENCHMARKS = f"{RESULTS}/benchmarks"
 DATASETS = list(config["datasets"])
 PACKAGE_DIR = Path(leanmed.__file__).parent
