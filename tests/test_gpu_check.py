@@ -60,3 +60,20 @@ def test_the_gpu_check_profile_plans_the_chain_on_one_gpu_into_its_own_folder(tm
     assert "results/gpu-check/runs/rsna/densenet121/half_8bit/s1/seed1/metrics.json" in plan
     assert "results/gpu-check/runs/rsna/densenet121/fp32/s2/seed1/metrics.json" in plan
     assert " results/runs/" not in plan and "gpu=1" in plan
+
+
+def test_each_training_jobs_fixed_cost_is_its_wall_time_outside_training(tmp_path):
+    benchmark = tmp_path / "benchmarks/runs/rsna/densenet121/amp/s1"
+    benchmark.mkdir(parents=True)
+    (benchmark / "seed1.tsv").write_text("s\th:m:s\tmax_rss\n21.5\t0:00:21\t900\n")
+    run = tmp_path / "runs/rsna/densenet121/amp/s1/seed1"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "training": {"train_time_total_s": 4.0, "validation_time_total_s": 1.5},
+        "energy": {"train": {"measured": True, "estimated": False}},
+        "provenance": {"gpu_claim": {"device": "2"}},
+    }))
+    jobs = gpu_check.jobs_table(tmp_path)
+    assert jobs.loc[0, ["setting", "wall_s", "train_val_s", "fixed_s", "gpu", "energy"]].tolist() == [
+        "amp", 21.5, 5.5, 16.0, "2", "measured"]
+    assert "fixed part median 16.0 s" in gpu_check.format_jobs(jobs)

@@ -10,12 +10,18 @@ The table has one row per dataset and setting at scale 1:
   allocator warm-up; with one epoch, epoch 1), in seconds, and its ratio to fp32. Every setting of a dataset runs the
   same number of steps per epoch (same split, same batch size), so the epoch ratio is the step-time ratio;
 - inference peak memory ratio, test balanced accuracy, status, and the device the run used.
+
+Then one line per training job: its wall seconds (Snakemake's benchmark file: process start to end), the seconds of
+its training and validation passes (metrics.json), and the rest, the job's fixed cost (imports, CUDA start, model
+build, energy tracker, test evaluation, inference timing, writing), with the GPU it claimed and whether its energy was
+measured (NVML) or estimated.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -93,6 +99,39 @@ def ratios_table(results_dir: str | Path) -> pd.DataFrame:
     return table
 
 
+def jobs_table(results_dir: str | Path) -> pd.DataFrame:
+    """One row per training job with a benchmark file: wall_s, train_val_s, fixed_s, claimed GPU, energy kind."""
+    results_dir = Path(results_dir)
+    rows = []
+    for tsv in sorted((results_dir / "benchmarks" / "runs").glob("*/*/*/s*/seed*.tsv")):
+        dataset, model, setting, scale = tsv.parts[-5:-1]
+        metrics_path = results_dir / "runs" / dataset / model / setting / scale / tsv.stem / "metrics.json"
+        wall = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        row = {"dataset": dataset, "model": model, "setting": setting, "scale": scale, "seed": tsv.stem,
+               "wall_s": wall, "train_val_s": math.nan, "fixed_s": math.nan, "gpu": None, "energy": None}
+        if metrics_path.is_file():
+            metrics = json.loads(metrics_path.read_text())
+            train_val = metrics["training"]["train_time_total_s"] + metrics["training"]["validation_time_total_s"]
+            energy = metrics["energy"]["train"]
+            row.update(train_val_s=train_val, fixed_s=wall - train_val,
+                       gpu=(metrics["provenance"].get("gpu_claim") or {}).get("device"),
+                       energy="estimated" if energy.get("estimated") else
+                       ("measured" if energy.get("measured") else "not measured"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_jobs(jobs: pd.DataFrame) -> str:
+    if jobs.empty:
+        return "no training job benchmark files"
+    shown = jobs.copy()
+    for column in ("wall_s", "train_val_s", "fixed_s"):
+        shown[column] = shown[column].map(lambda value: f"{value:.1f}")
+    return (f"Training jobs: wall seconds (process start to end), of which training + validation passes, and the "
+            f"rest (fixed cost). {len(jobs)} jobs, {jobs['wall_s'].sum():.0f} s in all; fixed part median "
+            f"{jobs['fixed_s'].median():.1f} s, max {jobs['fixed_s'].max():.1f} s.\n" + shown.to_string(index=False))
+
+
 def format_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "no finished runs at scale 1"
@@ -123,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make gpu-check: GPU found: {detail}")
     if args.results_dir:
         print(format_table(ratios_table(args.results_dir)))
+        print()
+        print(format_jobs(jobs_table(args.results_dir)))
     return 0
 
 
