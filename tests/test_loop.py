@@ -303,3 +303,58 @@ def test_loader_workers_do_not_change_results(split_csv, tmp_path):
     in_process = run(config(split_csv, tmp_path / "w0", max_epochs=2))
     with_workers = run(config(split_csv, tmp_path / "w2", max_epochs=2, num_workers=2))
     assert stable_part(with_workers) == stable_part(in_process)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training step's speed options (training.tuned_step): off by default, channels_last the only one on a CPU
+
+
+def test_step_options_off_are_the_eager_step_with_the_same_results(split_csv, tmp_path, monkeypatch):
+    default = run(config(split_csv, tmp_path / "default", model="test_resnet", max_epochs=2, lr=1e-3))
+    explicit = run(config(split_csv, tmp_path / "off", model="test_resnet", max_epochs=2, lr=1e-3,
+                          tuned_step=False, compile=False))
+    assert stable_part(explicit) == stable_part(default)
+    assert default["setting"]["step"] == {"requested": [], "applied": [], "not_applied": {}, "label": "eager (paper)"}
+    # The eager path hands the model the loader's batches as they are (no memory-format conversion).
+    seen = []
+    monkeypatch.setattr(loop, "to_step_format", lambda images, resolved: seen.append(images) or images)
+    run(config(split_csv, tmp_path / "spy", model="test_resnet", max_epochs=1, lr=1e-3))
+    assert seen == []
+
+
+def test_tuned_step_on_cpu_trains_with_channels_last_and_records_what_applied(split_csv, tmp_path, monkeypatch):
+    converted = []
+    real = loop.to_step_format
+    monkeypatch.setattr(loop, "to_step_format", lambda images, resolved: converted.append(1) or real(images, resolved))
+    eager = run(config(split_csv, tmp_path / "eager", model="test_resnet", max_epochs=2, lr=1e-3))
+    tuned = run(config(split_csv, tmp_path / "tuned", model="test_resnet", max_epochs=2, lr=1e-3, tuned_step=True))
+    validate_metrics(tuned)
+    assert tuned["status"] == "completed" and converted  # training and validation batches went channels_last
+    step = tuned["setting"]["step"]
+    assert step["requested"] == ["channels_last", "cudnn_benchmark", "fused_adam"]
+    assert step["applied"] == ["channels_last"] and step["label"] == "tuned (channels_last)"
+    assert set(step["not_applied"]) == {"cudnn_benchmark", "fused_adam"}
+    assert "CUDA only" in step["not_applied"]["cudnn_benchmark"] and "CUDA only" in step["not_applied"]["fused_adam"]
+    # The same arithmetic in another memory layout: the losses agree to rounding.
+    for tuned_row, eager_row in zip(epoch_rows(tmp_path / "tuned"), epoch_rows(tmp_path / "eager")):
+        for key in ("train_loss", "val_loss"):
+            assert float(tuned_row[key]) == pytest.approx(float(eager_row[key]), rel=1e-4)
+    # A last.pt of the eager step is not resumed by a tuned job (and vice versa): the option is part of the fingerprint.
+    from leanmed.train.checkpoint import RESULT_FIELDS
+
+    assert {"tuned_step", "compile"} <= set(RESULT_FIELDS)
+
+
+def test_tuned_step_with_8bit_adam_keeps_bitsandbytes(split_csv, tmp_path):
+    metrics = run(config(split_csv, tmp_path, setting="8bit", max_epochs=1, tuned_step=True))
+    assert metrics["setting"]["optimizer_class"] == "bitsandbytes.optim.Adam8bit"
+    assert "bitsandbytes" in metrics["setting"]["step"]["not_applied"]["fused_adam"]
+
+
+def test_command_line_takes_the_step_options(split_csv, tmp_path):
+    code = main(["--split-csv", split_csv, "--out-dir", str(tmp_path), "--dataset", "demo", "--model",
+                 "mlp_small", "--setting", "fp32", "--seed", "1", "--image-size", "32", "--max-epochs", "1",
+                 "--batch-size", "16", "--energy", "false", "--inference-repeats", "1", "--tuned-step", "true"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["setting"]["step"]["applied"] == ["channels_last"]

@@ -17,12 +17,12 @@ SEEDS = (1, 10, 100)
 def make_metrics(dataset, model, setting, scale, seed, *, accuracy, train_peak_bytes=3e9, time_to_best_s=110.0,
                  inference_seconds=2.5, energy_kwh_pue=0.1, energy_measured=True, diverged=False,
                  paper_flags=None, n_parameters=6_950_000, memory_kind="cuda_max_memory_allocated_bytes",
-                 energy_extra=None):
+                 energy_extra=None, step=None):
     """A metrics.json (schema_version 1, docs/architecture.md) with the values a test needs to control."""
     if paper_flags is None:
         paper_flags = tables.FALLBACK_PAPER_FLAGS[setting]
     flag_8bit, flag_amp, flag_half = paper_flags
-    return {
+    metrics = {
         "schema_version": 1,
         "run": {"dataset": dataset, "model": model, "timm_name": model, "setting": setting, "scale": scale,
                 "seed": seed},
@@ -61,6 +61,9 @@ def make_metrics(dataset, model, setting, scale, seed, *, accuracy, train_peak_b
                        "config_hash": "cafe"},
         "definitions": {"test.accuracy": "fraction of test images classified correctly"},
     }
+    if step is not None:  # setting.step; metrics.json written before it existed have none (the eager step)
+        metrics["setting"]["step"] = step
+    return metrics
 
 
 def test_crafted_metrics_follow_the_contract_schema():
@@ -272,3 +275,50 @@ def test_energy_cell_labels_estimates_and_partial_measurements():
     assert tables.format_energy(group) == "12.3 (est.) (2/3 seeds)"
     assert tables.format_energy(pd.Series({"n_finished": 3, "energy_n": 0})) == "n/m"
     assert tables.format_energy(pd.Series({"n_finished": 0, "energy_n": 0})) == "n/a"
+
+
+def _step(requested, applied, not_applied=None):
+    """A setting.step block as leanmed.train.settings.StepOptions.record() writes it."""
+    label = "eager (paper)" if not applied else "tuned (" + ", ".join(
+        aggregate.STEP_OPTION_NAMES[name] for name in applied) + ")"
+    return {"requested": requested, "applied": applied, "not_applied": not_applied or {}, "label": label}
+
+
+TUNED = ["channels_last", "cudnn_benchmark", "fused_adam"]
+
+
+@pytest.mark.parametrize(
+    "steps, expected",
+    [
+        (None, "training step: eager (paper);"),
+        ({setting: _step([], []) for setting in ("fp32", "amp", "half_8bit")}, "training step: eager (paper);"),
+        ({"fp32": _step(TUNED, TUNED), "amp": _step(TUNED, TUNED),
+          "half_8bit": _step(TUNED, TUNED[:2], {"fused_adam": "the setting's optimiser is bitsandbytes"})},
+         "training step: tuned (channels_last, cudnn.benchmark, fused Adam for fp32, amp only);"),
+        ({setting: _step(TUNED, ["channels_last"], {"cudnn_benchmark": "CUDA only", "fused_adam": "CUDA only"})
+          for setting in ("fp32", "amp", "half_8bit")},
+         "training step: tuned (channels_last); requested, not applied on this device: cudnn.benchmark (CUDA only), "
+         "fused Adam (CUDA and torch Adam only);"),
+        ({"fp32": _step(TUNED, TUNED), "amp": _step([], []), "half_8bit": _step([], [])},
+         "training step: MIXED across rows (some ran the eager step): tuned (channels_last, cudnn.benchmark, "
+         "fused Adam);"),
+    ],
+)
+def test_caption_says_which_training_step_ran(tmp_path, steps, expected):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(aggregate.__file__).parents[1] / "schemas" / "metrics.schema.json").read_text())
+    runs_root = tmp_path / "runs"
+    for setting in ("fp32", "amp", "half_8bit"):
+        for seed in SEEDS:
+            metrics = make_metrics("rsna", "densenet121", setting, 1, seed, accuracy=0.7,
+                                   step=None if steps is None else steps[setting])
+            jsonschema.validate(metrics, schema)
+            write_run(runs_root, metrics)
+    runs = expected_runs(["densenet121"], ["fp32", "amp", "half_8bit"]) + expected_runs(["vit"], ["fp32"])  # vit: missing
+    summary = aggregate.collect(runs, runs_root)
+    reread = aggregate.read_summary(aggregate.write_summary(summary, tmp_path / "summary.csv"))
+    caption = tables.paper_table(reread, "rsna").attrs["caption"]
+    assert expected in caption, caption
+    assert "time ratios between settings depend on the step" in caption
+    if steps is not None and steps["fp32"]["requested"]:
+        assert summary.loc[summary["setting"] == "fp32", "step_requested"].iloc[0] == "+".join(TUNED)

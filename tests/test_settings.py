@@ -138,3 +138,71 @@ def test_unknown_device_is_refused(monkeypatch):
     with pytest.raises(RuntimeError):
         settings_module.resolve_device("cuda")
     assert settings_module.resolve_device("auto") == "cpu"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training step's speed options (training.tuned_step, training.compile)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_the_step_is_the_papers_eager_step_by_default(name):
+    resolved = resolve(name, "cpu")
+    assert resolved.step == settings_module.StepOptions()
+    assert resolved.record()["step"] == {"requested": [], "applied": [], "not_applied": {}, "label": "eager (paper)"}
+    model = settings_module.prepare_model(torch.nn.Conv2d(3, 4, 3), resolved)
+    assert model.weight.is_contiguous() and not model.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(2, 1, 8, 8)
+    assert settings_module.to_step_format(images, resolved) is images
+    if resolved.setting.optimizer == "adam":
+        assert not build_optimizer(model.parameters(), resolved, 1e-3).defaults["fused"]
+
+
+def test_tuned_step_on_cpu_applies_channels_last_only_and_says_why_not_the_rest():
+    resolved = resolve("fp32", "cpu", tuned_step=True)
+    step = resolved.record()["step"]
+    assert step["requested"] == ["channels_last", "cudnn_benchmark", "fused_adam"]
+    assert step["applied"] == ["channels_last"] and step["label"] == "tuned (channels_last)"
+    assert set(step["not_applied"]) == {"cudnn_benchmark", "fused_adam"}
+    assert all("CUDA only" in reason and "cpu" in reason for reason in step["not_applied"].values())
+    model = settings_module.prepare_model(torch.nn.Conv2d(3, 4, 3), resolved)
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    images = settings_module.to_step_format(torch.rand(2, 3, 8, 8), resolved)
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    assert not build_optimizer(model.parameters(), resolved, 1e-3).defaults["fused"]
+    previous = torch.backends.cudnn.benchmark
+    with settings_module.cudnn_benchmark(resolved):
+        assert torch.backends.cudnn.benchmark == previous  # not applied on CPU: left alone
+
+
+def test_tuned_step_rules_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fp32 = resolve("fp32", "cuda", tuned_step=True)
+    assert fp32.step.applied == ("channels_last", "cudnn_benchmark", "fused_adam") and not fp32.step.not_applied
+    assert fp32.step.label == "tuned (channels_last, cudnn.benchmark, fused Adam)"
+    eight_bit = resolve("amp_8bit", "cuda", tuned_step=True, compile=True)
+    assert eight_bit.step.applied == ("channels_last", "cudnn_benchmark", "compile")
+    assert "bitsandbytes" in dict(eight_bit.step.not_applied)["fused_adam"]
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        with settings_module.cudnn_benchmark(fp32):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False  # restored after the job
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def test_fused_adam_is_built_where_it_applies(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    resolved = resolve("fp32", "cuda", tuned_step=True)
+    built = {}
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, **kwargs: built.update(kwargs) or "adam")
+    assert build_optimizer([torch.nn.Parameter(torch.zeros(2))], resolved, 1e-3) == "adam"
+    assert built == {"lr": 1e-3, "fused": True}
+
+
+def test_report_knows_the_step_option_names():
+    from leanmed.report.aggregate import STEP_OPTION_NAMES
+
+    assert STEP_OPTION_NAMES == dict(settings_module.STEP_OPTIONS)
+    assert set(settings_module.TUNED_STEP_OPTIONS) < set(STEP_OPTION_NAMES)

@@ -143,8 +143,9 @@ def test_a_plotting_option_reruns_only_the_report(tiny_study):
     assert set(jobs) <= {"radar_plot", "downsampling_plot", "pareto", "all"}
 
 
-def test_a_training_option_reruns_every_training_job(tiny_study):
-    jobs = dry_run(tiny_study, {"training": {"lr": 2.0e-3}})
+@pytest.mark.parametrize("option", [{"lr": 2.0e-3}, {"tuned_step": True}, {"compile": True}])
+def test_a_training_option_reruns_every_training_job(tiny_study, option):
+    jobs = dry_run(tiny_study, {"training": option})
     assert jobs["train"] == TRAINING_JOBS
     assert not {"demo_data", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
 

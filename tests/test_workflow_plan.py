@@ -48,6 +48,7 @@ def test_missing_data_says_what_to_download_and_where(workdir):
         ({"settings": ["fp32", "fp8"]}, ["fp8", "half_8bit"]),
         ({"trainig": {"lr": 0.1}}, ["trainig"]),
         ({"training": {"batch_size": "thirty-two"}}, ["batch_size", "thirty-two"]),
+        ({"training": {"tuned_step": "fast"}}, ["tuned_step", "fast"]),
         ({"split": {"fractions": [0.5, 0.2, 0.2]}}, ["split.fractions"]),
     ],
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 import leanmed
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, files_version
+from leanmed.study import training_runs as study_training_runs
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from snakemake.exceptions import WorkflowError
@@ -215,20 +216,7 @@ def labelled_images(wildcards):
 # ---------------------------------------------------------------- the study's jobs
 def training_runs():
     """Every training job of the study as dicts (dataset, model, setting, scale, seed), main study first."""
-    runs = []
-    for dataset, entry in config["datasets"].items():
-        for model in entry["models"]:
-            for setting in config["settings"]:
-                for seed in config["seeds"]:
-                    runs.append(dict(dataset=dataset, model=model, setting=setting, scale=1, seed=seed))
-    for extra in config["downsampling"]["runs"]:
-        for setting in extra["settings"]:
-            for scale in extra["scales"]:
-                for seed in config["seeds"]:
-                    run = dict(dataset=extra["dataset"], model=extra["model"], setting=setting, scale=scale, seed=seed)
-                    if run not in runs:
-                        runs.append(run)
-    return runs
+    return study_training_runs(config)
 
 
 RUNS_ROOT = f"{RESULTS}/runs"
@@ -346,6 +334,8 @@ def train_params(wildcards):
         num_workers=training["num_workers"],
         energy=training["energy"],
         inference_repeats=training["inference_repeats"],
+        tuned_step=training["tuned_step"],
+        compile=training["compile"],
     )
     fingerprint = json.dumps([params, rerun_triggers(wildcards)], sort_keys=True, default=str)
     params["config_hash"] = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]

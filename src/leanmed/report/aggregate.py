@@ -35,6 +35,9 @@ METRIC_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("setting", "grad_scaler"), "grad_scaler"),
     (("setting", "optimizer_class"), "optimizer_class"),
     (("setting", "optimizer_state_bits"), "optimizer_state_bits"),
+    (("setting", "step", "label"), "step"),
+    (("setting", "step", "requested"), "step_requested"),
+    (("setting", "step", "applied"), "step_applied"),
     (("setting", "paper_flags", "8bit"), "paper_flag_8bit"),
     (("setting", "paper_flags", "amp"), "paper_flag_amp"),
     (("setting", "paper_flags", "half"), "paper_flag_half"),
@@ -435,7 +438,8 @@ def group_summary(summary: pd.DataFrame, dataset: str | None = None, scale: int 
             values = [_as_boolean(v) for v in finished.get(column, pd.Series(dtype=object))]
             values = [v for v in values if v is not None]
             record[column] = values[0] if values else None
-        for column in ("memory_kind", "device", "device_name", "weight_dtype", "autocast_dtype", "optimizer_class"):
+        for column in ("memory_kind", "device", "device_name", "weight_dtype", "autocast_dtype", "optimizer_class",
+                       "step", "step_requested", "step_applied"):
             record[column] = _joined_unique(finished.get(column, pd.Series(dtype=object)))
         records.append(record)
     return pd.DataFrame(records)
@@ -487,3 +491,50 @@ def describe_memory_kinds(groups: pd.DataFrame) -> str:
     if len(kinds) > 1:
         return "MIXED across runs, not comparable: " + "; ".join(descriptions)
     return descriptions[0]
+
+
+# The training step's speed options (setting.step in metrics.json) as captions print them; the same names as
+# leanmed.train.settings.STEP_OPTIONS (not imported: the report does not need torch), and why one may not apply.
+STEP_OPTION_NAMES = {"channels_last": "channels_last", "cudnn_benchmark": "cudnn.benchmark",
+                     "fused_adam": "fused Adam", "compile": "torch.compile"}
+STEP_OPTION_LIMITS = {"cudnn_benchmark": "CUDA only", "fused_adam": "CUDA and torch Adam only"}
+EAGER_STEP = "eager (paper)"
+
+
+def _step_options(text) -> set[str]:
+    """Option names of a step_requested / step_applied cell ("+"-joined per run, "; "-joined over runs)."""
+    return {name for part in str(text).split("; ") for name in part.split("+") if name in STEP_OPTION_NAMES}
+
+
+def describe_step(groups: pd.DataFrame) -> str:
+    """The training step the summarised runs ran, for captions: "eager (paper)" when no speed option was requested
+    (runs recorded before setting.step existed ran it too), else "tuned (...)" listing each applied option, the
+    settings it applied to where not all, and the requested options that applied nowhere."""
+    if "n_finished" in groups:
+        groups = groups[groups["n_finished"] > 0]  # rows without a finished run say nothing about the step
+    if "step_requested" not in groups or groups.empty:
+        return EAGER_STEP
+    requested_per_row = [_step_options(text) for text in groups["step_requested"]]
+    applied_per_row = [_step_options(text) for text in groups.get("step_applied", [""] * len(groups))]
+    requested = set().union(*requested_per_row)
+    if not requested:
+        return EAGER_STEP
+    settings = [str(setting) for setting in groups.get("setting", [""] * len(groups))]
+    parts, nowhere = [], []
+    for option, name in STEP_OPTION_NAMES.items():
+        if option not in requested:
+            continue
+        rows = [setting for setting, applied in zip(settings, applied_per_row) if option in applied]
+        asked = [setting for setting, wanted in zip(settings, requested_per_row) if option in wanted]
+        if not rows:
+            nowhere.append(name + (f" ({STEP_OPTION_LIMITS[option]})" if option in STEP_OPTION_LIMITS else ""))
+        elif len(rows) < len(asked):
+            parts.append(f"{name} for {', '.join(_ordered_unique(rows))} only")
+        else:
+            parts.append(name)
+    text = f"tuned ({', '.join(parts)})" if parts else EAGER_STEP
+    if nowhere:
+        text += f"; requested, not applied on this device: {', '.join(nowhere)}"
+    if any(not wanted for wanted in requested_per_row):
+        text = "MIXED across rows (some ran the eager step): " + text
+    return text

@@ -18,6 +18,7 @@ from leanmed.report.aggregate import (
     SETTING_ALIASES,
     describe_devices,
     describe_memory_kinds,
+    describe_step,
     group_summary,
     order_settings,
     split_methods,
@@ -227,7 +228,8 @@ def paper_caption(summary: pd.DataFrame, dataset: str, scale: int = 1) -> str:
         f"T (s) = inference time of the trained model over the whole test set. "
         f"{energy_text}. "
         f"'{NOT_AVAILABLE}' = no finished run has the value. "
-        f"Device(s): {describe_devices(groups)}."
+        f"Device(s): {describe_devices(groups)}; training step: {describe_step(groups)}; time ratios between "
+        f"settings depend on the step."
     )
 
 

@@ -36,7 +36,7 @@ CHECKPOINT_FORMAT = 1
 # Fields of the job's TrainConfig that change results: a last.pt written under other values is not resumed.
 RESULT_FIELDS = (
     "dataset", "model", "setting", "seed", "scale", "downsample_mode", "image_size", "lr", "batch_size", "patience",
-    "pretrained",
+    "pretrained", "tuned_step", "compile",
 )
 
 

@@ -4,6 +4,8 @@ is ``leanmed.train.job``.
 
 - Adam at the job's learning rate (settings decide torch or bitsandbytes 8-bit), BCE-with-logits in float32 on one
   logit, the forward pass under the setting's autocast, a GradScaler where the setting uses one.
+- The step's speed options (``ResolvedSetting.step``): with channels_last applied, each image batch is converted to
+  channels_last after its transfer; without it the batches are used as the loader gives them (the paper's eager step).
 - Seeded: ``seed_everything`` seeds python, numpy and torch; the training order of epoch e is drawn from a generator
   seeded with ``epoch_seed(seed, e)``, so a resumed job draws the same. On CPU ``Determinism`` switches on torch's
   deterministic algorithms, so the same job twice gives the same losses and predictions.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from leanmed.train.measure import synchronize
-from leanmed.train.settings import ResolvedSetting
+from leanmed.train.settings import ResolvedSetting, to_step_format
 
 __all__ = [
     "EpochResult",
@@ -182,6 +184,7 @@ def train_one_epoch(
     check_every = divergence_check_every or (1 if device.type == "cpu" else 25)
     weight_dtype = resolved.weight_dtype
     non_blocking = device.type == "cuda"
+    channels_last = resolved.step.channels_last
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
     n_images = steps = 0
@@ -190,6 +193,8 @@ def train_one_epoch(
     started = time.perf_counter()
     for images, labels in loader:
         images = images.to(device=device, dtype=weight_dtype, non_blocking=non_blocking)
+        if channels_last:
+            images = to_step_format(images, resolved)
         labels = labels.to(device=device, non_blocking=non_blocking)
         optimizer.zero_grad(set_to_none=True)
         with resolved.autocast():
@@ -228,6 +233,7 @@ def evaluate(
     """No-grad pass in eval mode: mean BCE per image (float32) and sigmoid probabilities, in loader order."""
     device = torch.device(resolved.device)
     non_blocking = device.type == "cuda"
+    channels_last = resolved.step.channels_last
     model.eval()
     losses, probabilities, all_labels = [], [], []
     interrupted = False
@@ -236,6 +242,8 @@ def evaluate(
     with torch.no_grad():
         for images, labels in loader:
             images = images.to(device=device, dtype=resolved.weight_dtype, non_blocking=non_blocking)
+            if channels_last:
+                images = to_step_format(images, resolved)
             labels = labels.to(device=device, non_blocking=non_blocking)
             with resolved.autocast():
                 logits = model(images)

@@ -75,6 +75,10 @@ DEFINITIONS = {
               "loss stopped it (the paper's *)",
     "setting": "what ran: weight dtype, autocast dtype (null without autocast), GradScaler, optimiser class and its "
                "state width for tensors of >= 4096 elements (smaller ones keep 32-bit state with bitsandbytes)",
+    "setting.step": "the training step's speed options: requested (training.tuned_step: channels_last, "
+                    "cudnn_benchmark, fused_adam; training.compile: compile), applied on this device, and not_applied "
+                    "with the reason (cudnn_benchmark and fused_adam are CUDA only; fused_adam only for torch Adam); "
+                    "none requested: the paper's eager step. Step times depend on it",
     "model.n_parameters": "number of parameters (1 input channel, 1 output logit)",
     "model.image_size": "side (pixels) images are resized to before downsampling",
     "model.input_size": "side (pixels) of the model input: image_size / scale with smaller_input, else image_size",
