@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.leanmed-installed
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: setup demo test test-fast lint benchmarks clean-demo gpu-check
+.PHONY: setup demo test test-fast lint benchmarks clean-demo gpu-check status
 
 setup: $(INSTALLED)
 
@@ -27,6 +27,11 @@ gpu-check: setup
 	$(SNAKEMAKE) --profile profiles/gpu-check
 	$(SNAKEMAKE) --profile profiles/gpu-check --report results/gpu-check/report.html
 	@$(BIN)/python -m leanmed.report.gpu_check results/gpu-check
+
+# Where a study stands (finished / running / waiting / failed / diverged runs, hours spent and left), also while it
+# runs: `make status`, or `make status STATUS=--profile profiles/demo` for the demo study.
+status: setup
+	@$(BIN)/python -m leanmed.study.status $(STATUS)
 
 test: setup
 	$(BIN)/python -m pytest
