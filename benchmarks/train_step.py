@@ -252,7 +252,7 @@ def main() -> int:
     parser.add_argument("--settings", default="fp32,amp,8bit,amp_8bit,half_8bit")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gpu-only", action="store_true", help="only the GPU comparison")
+    parser.add_argument("--gpu-only", "--gpu", action="store_true", help="only the GPU comparison")
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU comparison")
     parser.add_argument("--gpu-models", default="densenet121,vit_base_patch32_plus_256")
     parser.add_argument("--gpu-settings", default="fp32,amp,bf16_mixed")
