@@ -29,6 +29,7 @@ def test_config_yaml_plans_the_papers_study(workdir):
     assert jobs["split"] == 2
     assert jobs["radar_plot"] == 5 + 3
     assert jobs["downsampling_plot"] == 1
+    assert jobs["fetch_weights"] == 5  # pretrained: true, one per model (ViT-B/32+ and the MLP: recorded as none)
     assert "demo_data" not in jobs
 
 

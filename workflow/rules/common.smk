@@ -10,7 +10,12 @@ from leanmed.fingerprint import code_version, files_version
 from leanmed.study import training_runs as study_training_runs
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
+from leanmed.train.weights import cache_problem as weights_cache_problem
+from leanmed.train.weights import manifest_file as weights_manifest_file
+from leanmed.train.weights import set_aside as set_weights_aside
+from leanmed.train.weights import weights_file as cached_weights_file
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 RESULTS = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -314,6 +319,68 @@ def pretrained_of(model):
     return pretrained.get(model, False) if isinstance(pretrained, dict) else pretrained
 
 
+# ---------------------------------------------------------------- pretrained weights
+WEIGHTS = config["training"]["weights_dir"].rstrip("/")
+_CHECKED_WEIGHTS = set()
+
+
+def fetches_weights(model):
+    """Whether the training jobs of `model` load timm's ImageNet weights from the cache (training.pretrained true)."""
+    return pretrained_of(model) is True
+
+
+def pretrained_models():
+    """Models of the study whose weights come from the cache, in the order of the study."""
+    return [model for model in dict.fromkeys(run["model"] for run in training_runs()) if fetches_weights(model)]
+
+
+def weights_checksums():
+    """Checksum lines of the cache entries, targets of the study (so that a file set aside for failing its checksum,
+    which lost its line, is fetched again although the training jobs need only its manifest)."""
+    return [f"{WEIGHTS}/{model}.sha256" for model in pretrained_models()]
+
+
+def weights_manifest(wildcards):
+    """Input of a training job: the cache manifest of its model's weights (none unless pretrained is true).
+
+    ancient: a fetch again (a corrupt file replaced by the same weights) does not rerun finished training jobs."""
+    if fetches_weights(wildcards.model):
+        return ancient(str(weights_manifest_file(WEIGHTS, wildcards.model)))
+    return []
+
+
+def check_weights_cache():
+    """Check each cached weights file of the study against the sha256 in its manifest, before the plan is made: a
+    file that fails is set aside (<file>.corrupt) and its checksum line dropped, so that rule fetch_weights fetches it
+    again (the manifest, an ancient input of the training jobs, stays: finished jobs are not rerun for it).
+    Not in the jobs Snakemake runs remotely (compute nodes), which only load the files and check them themselves."""
+    if workflow.remote_exec:
+        return
+    for model in pretrained_models():
+        problem = weights_cache_problem(WEIGHTS, model)
+        if problem:
+            aside = set_weights_aside(WEIGHTS, model)
+            logger.warning(
+                f"Cached weights of {model} fail their checksum ({problem}): set aside as {aside}; "
+                "rule fetch_weights fetches them again."
+            )
+
+
+def weights_fetch_source(wildcards):
+    """What rule fetch_weights records as the model's source is decided in the job (timm is not imported while
+    planning); this param only names the model's registry entry, so editing it fetches again."""
+    return model_definition(wildcards.model)
+
+
+check_weights_cache()
+
+
+def pretrained_param(model):
+    """training.pretrained as a training job gets it: true becomes the model's file in the weights cache."""
+    pretrained = pretrained_of(model)
+    return str(cached_weights_file(WEIGHTS, model)) if pretrained is True else pretrained
+
+
 def train_params(wildcards):
     """The options of one training job (leanmed.train.job.TrainConfig fields); a change reruns that job."""
     training = config["training"]
@@ -329,7 +396,7 @@ def train_params(wildcards):
         batch_size=training["batch_size"],
         max_epochs=training["max_epochs"],
         patience=training["patience"],
-        pretrained=pretrained_of(wildcards.model),
+        pretrained=pretrained_param(wildcards.model),
         device=training["device"],
         num_workers=training["num_workers"],
         energy=training["energy"],
@@ -370,4 +437,4 @@ def final_outputs():
     outputs += [f"{RESULTS}/rsna/cohort_report.md"] if "rsna" in DATASETS else []
     for dataset, model in downsampling_curves():
         outputs += expand(f"{RESULTS}/figures/downsampling_{dataset}_{model}.{{ext}}", ext=["png", "pdf"])
-    return outputs
+    return outputs + weights_checksums()

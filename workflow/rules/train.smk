@@ -2,9 +2,32 @@
 # killed process) resumes from its last checkpoint when rerun; a diverged run completes, marked diverged.
 
 
+# Pretrained weights are fetched once per model into training.weights_dir, where Snakemake runs (a login node has
+# network, compute nodes often have none); training jobs load the cached file. `snakemake --until fetch_weights`
+# fills the cache alone. A cached file failing its sha256 is set aside and fetched again.
+localrules:
+    fetch_weights,
+
+
+rule fetch_weights:
+    output:
+        manifest=f"{WEIGHTS}/{{model}}.json",
+        checksum=f"{WEIGHTS}/{{model}}.sha256",
+    log:
+        f"{LOGS}/weights/{{model}}.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    params:
+        weights_dir=folder_of_output,
+        model_definition=weights_fetch_source,
+    script:
+        "../scripts/fetch_weights.py"
+
+
 rule train:
     input:
         split=f"{RESULTS}/{{dataset}}/split.csv",
+        weights=weights_manifest,
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         epochs=f"{RUN_DIR}/epochs.csv",

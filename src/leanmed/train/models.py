@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from leanmed.train.registry import MODELS, ModelSpec, get_model_spec
+from leanmed.train.weights import verify_cached
 
 __all__ = [
     "ModelSpec",
@@ -135,6 +136,12 @@ def build_model(name: str, image_size: int, pretrained: bool | str | Path = Fals
     may set ``hidden``).
     """
     spec = get_model_spec(name)
+    if pretrained not in (True, False, None):
+        # A file of the workflow's weights cache (leanmed.train.weights): checked against its manifest before use;
+        # a model the cache records as having no ImageNet weights starts from random weights, as with true.
+        manifest = verify_cached(pretrained)
+        if manifest is not None and not manifest.get("available"):
+            pretrained = True
     if pretrained is True and not has_pretrained_weights(name):
         # The paper's protocol: ImageNet weights "where weights existed"; the others start from random weights.
         logger.warning("%s: timm has no pretrained weights for it; random initialisation", name)
