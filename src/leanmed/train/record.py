@@ -14,6 +14,7 @@ from typing import Sequence
 from leanmed.atomic import atomic_path, write_text_atomically
 from leanmed.train.measure import gradient_bytes, optimizer_state_bytes, parameter_bytes, provenance
 from leanmed.train.models import get_model_spec, has_pretrained_weights
+from leanmed.train.weights import describe as describe_cached_weights
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -217,6 +218,9 @@ def pretrained_record(cfg) -> bool | str:
     """What initialised the model: false, true (timm's weights), a weights file, or why true fell back to random."""
     if cfg.pretrained is True and not has_pretrained_weights(cfg.model):
         return "none available in timm: random initialisation"
-    return cfg.pretrained if isinstance(cfg.pretrained, bool) else str(cfg.pretrained)
+    if isinstance(cfg.pretrained, bool):
+        return cfg.pretrained
+    # A file of the workflow's weights cache: its manifest says where it came from (hub repository, commit, sha256).
+    return describe_cached_weights(cfg.pretrained) or str(cfg.pretrained)
 
 
