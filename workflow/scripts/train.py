@@ -12,7 +12,7 @@ from leanmed.train.devices import claim_gpu
 
 claim_gpu(snakemake.params.run.get("device", "auto"))
 
-from leanmed.train.job import TrainConfig, run
+from leanmed.train.job import TrainConfig, exit_without_teardown, run
 
 run(
     TrainConfig(
@@ -22,3 +22,5 @@ run(
         **snakemake.params.run,
     )
 )
+# Everything is written: skip the interpreter's teardown of torch & co (about 1.2 s per job on 2 CPU cores).
+exit_without_teardown(0)

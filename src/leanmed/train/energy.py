@@ -68,22 +68,45 @@ def _carbontracker_version() -> str:
         return "not installed"
 
 
+def _proc_cpuinfo_brand() -> str | None:
+    """The CPU model as Linux reports it (``model name`` in /proc/cpuinfo: the CPUID brand string, the same text
+    py-cpuinfo's ``brand_raw`` holds), or None where there is no such line."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        return None
+    return None
+
+
 def _load_cpu_info() -> None:
     global _cpu_info_cache
-    try:
-        import cpuinfo
+    brand = _proc_cpuinfo_brand()
+    if brand is not None:
+        info = {"brand_raw": brand}  # all carbontracker reads; py-cpuinfo would spend ~1 s in a subprocess
+    else:
+        try:
+            import cpuinfo
 
-        info = cpuinfo.get_cpu_info()
-    except Exception:  # carbontracker copes with an empty brand; so do we
-        info = {}
+            info = cpuinfo.get_cpu_info()
+        except Exception:  # carbontracker copes with an empty brand; so do we
+            info = {}
+    try:  # carbontracker's modules (pandas among them: ~0.5 s), imported here, off the job's main thread
+        import carbontracker.tracker  # noqa: F401
+        from carbontracker.components.cpu import generic  # noqa: F401
+        from carbontracker.emissions.intensity import intensity  # noqa: F401
+    except Exception:  # reported by the construction, where the import is repeated
+        pass
     with _cpu_info_lock:
         if _cpu_info_cache is None:
             _cpu_info_cache = info
 
 
 def prefetch_cpu_info() -> None:
-    """Start reading the CPU model in the background (py-cpuinfo takes about 1 s: it runs a subprocess), so that
-    constructing carbontracker later does not wait for it. Idempotent."""
+    """Start reading the CPU model and importing carbontracker in the background, so that constructing
+    carbontracker later does not wait for them (the job calls this first thing). Idempotent."""
     global _cpu_info_thread
     with _cpu_info_lock:
         if _cpu_info_cache is not None or _cpu_info_thread is not None:

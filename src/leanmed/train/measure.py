@@ -36,6 +36,7 @@ __all__ = [
     "gradient_bytes",
     "optimizer_state_bytes",
     "optimizer_state_tensors",
+    "release_training_state",
     "synchronize",
     "time_inference",
     "provenance",
@@ -155,6 +156,19 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return tensor_bytes(optimizer_state_tensors(optimizer))
 
 
+def release_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           device: str | torch.device) -> None:
+    """Free what only training needs, before the inference phase: the optimiser state (moments, step counters,
+    8-bit maps), the parameters' gradients and, on CUDA, the caching allocator's now unused blocks. The optimiser
+    cannot step afterwards (its state is in last.pt); measure ``optimizer_state_bytes`` first."""
+    optimizer.state.clear()
+    optimizer.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 def time_inference(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -164,14 +178,22 @@ def time_inference(
     warmup: int = 1,
     latency_images: int = 64,
     energy_meter=None,
+    budget_s: float | None = None,
+    latency_warmup: int | None = None,
+    latency_warmup_images: int = 4,
 ) -> dict:
     """Time the forward passes of ``model`` over ``images`` (N x 1 x H x W, held in CPU memory).
 
-    test_set_seconds: median over ``repeats`` of the wall-clock time of one pass over all N images in batches of
+    test_set_seconds: median over the timed passes of the wall-clock time of one pass over all N images in batches of
     ``batch_size``: host-to-device copy, cast to the weight dtype, forward under the setting's autocast, no_grad,
     CUDA synchronised at the end; ``warmup`` untimed passes come first. No sigmoid, no metrics, no data decoding.
-    per_image_latency_ms: median over ``repeats`` of the mean time of a batch-1 forward over the first
-    ``latency_images`` images (CUDA synchronised after each one), in milliseconds.
+    per_image_latency_ms: median over the timed latency passes of the mean time of a batch-1 forward over the first
+    ``latency_images`` images (CUDA synchronised after each one), in milliseconds; each of the ``latency_warmup``
+    (default ``warmup``) untimed latency warm-ups is ``latency_warmup_images`` batch-1 forwards (the model is warm
+    already; they warm the batch-1 shape).
+    Number of timed passes: ``repeats``, or fewer when ``budget_s`` is given: after each timed pass the repeats
+    stop once the timed passes of that kind have taken ``budget_s`` seconds (at least one pass always). ``repeats``
+    and ``latency_repeats`` in the result are the passes really timed.
     energy_meter: an object with ``epoch_start()``/``epoch_end()`` (e.g. leanmed.train.energy.EnergyMeter), called
     around the timed batch-``batch_size`` passes only (not the warm-up, not the latency passes).
     """
@@ -198,30 +220,43 @@ def time_inference(
 
     n_latency = min(latency_images, images.shape[0])
 
-    def latency_pass() -> float:
+    def latency_pass(count: int = n_latency) -> float:
         started = time.perf_counter()
-        for index in range(n_latency):
+        for index in range(count):
             forward(images[index : index + 1])
             synchronize(device)
-        return (time.perf_counter() - started) / n_latency * 1000.0
+        return (time.perf_counter() - started) / count * 1000.0
+
+    def timed_passes(one, seconds_of) -> list[float]:
+        values: list[float] = []
+        spent = 0.0
+        while len(values) < repeats:
+            values.append(one())
+            spent += seconds_of(values[-1])
+            if budget_s is not None and spent >= budget_s:
+                break
+        return values
 
     with torch.no_grad():
         for _ in range(warmup):
             one_pass()
         if energy_meter is not None:
             energy_meter.epoch_start()
-        pass_seconds = [one_pass() for _ in range(repeats)]
+        pass_seconds = timed_passes(one_pass, lambda seconds: seconds)
         if energy_meter is not None:
             energy_meter.epoch_end()
-        for _ in range(warmup):
-            latency_pass()
-        latency_ms = [latency_pass() for _ in range(repeats)]
+        for _ in range(warmup if latency_warmup is None else latency_warmup):
+            latency_pass(max(min(latency_warmup_images, n_latency), 1))
+        latency_ms = timed_passes(latency_pass, lambda ms: ms * n_latency / 1000.0)
     model.train(was_training)
     return {
         "test_set_seconds": statistics.median(pass_seconds),
         "batch_size": batch_size,
         "per_image_latency_ms": statistics.median(latency_ms),
-        "repeats": repeats,
+        "repeats": len(pass_seconds),
+        "latency_repeats": len(latency_ms),
+        "repeats_requested": repeats,
+        "budget_s": budget_s,
         "warmup": warmup,
         "latency_images": n_latency,
         "n_images": int(images.shape[0]),

@@ -101,7 +101,10 @@ DEFINITIONS = {
                    "process during the phase, sampled every 10 ms",
     "memory.train_peak_bytes": "peak over the training phase (training and validation passes; the maximum over "
                                "processes for a resumed job), in bytes",
-    "memory.inference_peak_bytes": "peak during the inference timing (batch-32 passes and batch-1 latency), in bytes",
+    "memory.inference_peak_bytes": "peak during the inference timing (batch-32 passes and batch-1 latency), in bytes; "
+                                   "the optimiser state and gradients are released before it (CUDA: and the "
+                                   "allocator's cache emptied), so it holds the weights, the test images' batches "
+                                   "and activations, comparable across settings",
     "memory.*_reserved_bytes": "torch.cuda.max_memory_reserved (bytes the caching allocator held); null on CPU",
     "memory.*_start_bytes": "allocated bytes (CUDA) or RSS (CPU) at the start of the phase",
     "memory.weights_bytes": "bytes of the model parameters in their training dtype (buffers excluded)",
@@ -112,6 +115,8 @@ DEFINITIONS = {
     "inference.test_set_seconds": "median over repeats of one pass over the test set in batches of 32 with the best "
                                   "checkpoint: host-to-device copy, forward under the setting's precision, no_grad, "
                                   "CUDA synchronised; images already decoded in memory; warm-up passes excluded",
+    "inference.repeats": "timed batch-32 passes really run: inference_repeats, or fewer once the timed passes took "
+                         "budget_s seconds (at least one); latency_repeats: the same for the latency passes",
     "inference.per_image_latency_ms": "median over repeats of the mean batch-1 forward time over latency_images test "
                                       "images, in milliseconds",
     "energy.train": "carbontracker over the training epochs (training and validation passes), all processes of a "
@@ -133,7 +138,9 @@ DEFINITIONS = {
 
 
 
-def memory_block(state, model, optimizer, gradients_measured, inference_memory) -> dict:
+def memory_block(state, model, optimizer, gradients_measured, inference_memory, optimizer_bytes=None) -> dict:
+    """The memory block. ``optimizer_bytes``: the optimiser state measured before the job released it for the
+    inference phase (None: measured from ``optimizer`` now)."""
     notes = []
     gradients = gradients_measured
     if gradients is None:
@@ -159,7 +166,7 @@ def memory_block(state, model, optimizer, gradients_measured, inference_memory) 
         "inference_start_bytes": inference_memory.start_bytes if inference_memory is not None else None,
         "weights_bytes": parameter_bytes(model),
         "gradients_bytes": int(gradients),
-        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+        "optimizer_state_bytes": optimizer_bytes if optimizer_bytes is not None else optimizer_state_bytes(optimizer),
         "note": "; ".join(notes) if notes else None,
     }
 
