@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issue 11): the GPU check study end to end, the tuned-step comparison against a bare tuned
 # loop, a training job's fixed cost, and the GPU claim + NVML handle on a real GPU. Each step has its own time limit,
-# so the whole session stays under about 9 minutes; everything it prints lands in OUT_DIR.
+# so the whole session stays under about 9.5 minutes; everything it prints lands in OUT_DIR (8 files).
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR          (on a GPU machine with leanmed's dependencies importable;
 #                                                     on the project's lent H200/H100: bash .gpu-bundle/on_device.sh ...)
@@ -20,9 +20,9 @@ log() { echo "[$(date +%T)] $*" | tee -a "$OUT/session.txt"; }
 log "gpu-check: start"
 python -m leanmed.report.gpu_check --require-gpu >> "$OUT/session.txt" 2>&1 || { log "no GPU"; exit 2; }
 started=$(date +%s)
-timeout 330 python -m snakemake --profile profiles/gpu-check > "$OUT/gpu_check_snakemake.log" 2>&1
+timeout 300 python -m snakemake --profile profiles/gpu-check > "$OUT/gpu_check_snakemake.log" 2>&1
 log "gpu-check: snakemake exit $? after $(( $(date +%s) - started )) s"
-timeout 60 python -m snakemake --profile profiles/gpu-check --report results/gpu-check/report.html \
+timeout 40 python -m snakemake --profile profiles/gpu-check --report results/gpu-check/report.html \
   >> "$OUT/gpu_check_snakemake.log" 2>&1
 log "gpu-check: with the report $(( $(date +%s) - started )) s in all"
 # Ratios per setting, then every training job's wall seconds and its fixed part (outside training).
@@ -31,17 +31,17 @@ cp results/gpu-check/summary.csv "$OUT/gpu_check_summary.csv" 2>/dev/null
 
 # 2. The training step against a bare tuned loop (densenet121, ViT-B/32+; 256 px, batch 32).
 log "train_step: start"
-timeout 170 python benchmarks/train_step.py --gpu > "$OUT/train_step.txt" 2>&1
+timeout 120 python benchmarks/train_step.py --gpu --gpu-steps 15 --gpu-repeats 3 > "$OUT/train_step.txt" 2>&1
 log "train_step: exit $?"
 
 # 3. A training job's fixed cost on this machine (process start to metrics.json, outside training).
 log "job_overhead: start"
-timeout 100 python benchmarks/job_overhead.py --device cuda > "$OUT/job_overhead.txt" 2>&1
+timeout 60 python benchmarks/job_overhead.py --device cuda --image-size 128 --rounds 2 > "$OUT/job_overhead.txt" 2>&1
 log "job_overhead: exit $?"
 
 # 4. The GPU claim and the NVML handle energy is read from, on a real GPU.
 log "claim: start"
-timeout 60 python - > "$OUT/claim.txt" 2>&1 <<'PY'
+timeout 25 python - > "$OUT/claim.txt" 2>&1 <<'PY'
 import os, subprocess
 from leanmed.train.devices import claim_gpu
 claim = claim_gpu("auto")
