@@ -197,7 +197,9 @@ def _one_round(src: Path, spec: dict, workdir: Path, label: str) -> dict:
     out_dir = workdir / f"run-{label}"
     result = workdir / f"result-{label}.json"
     spec = dict(spec, result=str(result), config=dict(spec["config"], out_dir=str(out_dir)))
-    env = dict(os.environ, PYTHONPATH=str(src), PYTHONDONTWRITEBYTECODE="1")
+    # src first; what the caller put on PYTHONPATH (e.g. a bundle of packages on a GPU machine) stays after it.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
+               PYTHONDONTWRITEBYTECODE="1")
     launched = time.time()
     spec["launched_at"] = launched
     completed = subprocess.run(

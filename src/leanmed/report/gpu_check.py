@@ -161,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"make gpu-check: GPU found: {detail}")
     if args.results_dir:
-        print(format_table(ratios_table(args.results_dir)))
+        if (Path(args.results_dir) / "summary.csv").is_file():
+            print(format_table(ratios_table(args.results_dir)))
+        else:
+            print(f"{args.results_dir}/summary.csv not found: the study did not finish (ratios need every run)")
         print()
         print(format_jobs(jobs_table(args.results_dir)))
     return 0
