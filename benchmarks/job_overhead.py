@@ -20,7 +20,6 @@ Usage: python benchmarks/job_overhead.py [--rounds 3] [--model densenet121] [--i
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -168,29 +167,9 @@ def _child(spec: dict) -> None:
 
 
 def _make_split(root: Path, counts: dict[str, int], size: int) -> str:
-    import numpy as np
-    from PIL import Image
+    from leanmed.synthetic import write_split
 
-    (root / "png").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    mask = np.zeros((size, size))
-    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-    rows = []
-    index = 0
-    for split, count in counts.items():
-        for position in range(count):
-            label = position % 2
-            pixels = np.clip(rng.normal(0.3, 0.08, (size, size)) + label * 0.4 * mask, 0, 1)
-            path = f"png/{index}.png"
-            Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / path)
-            rows.append({"image_id": f"img{index}", "subject_id": f"sub{index}", "label": label, "path": path,
-                         "split": split})
-            index += 1
-    with open(root / "split.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(root / "split.csv")
+    return write_split(root, counts, size=size)
 
 
 def _one_round(src: Path, spec: dict, workdir: Path, label: str) -> dict:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from leanmed.synthetic import write_split
 from leanmed.train import loop, record
 from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
 from leanmed.train.record import validate_metrics
@@ -30,31 +31,7 @@ VOLATILE_BLOCKS = {"memory", "inference", "energy", "provenance"}
 @pytest.fixture(scope="module")
 def split_csv(tmp_path_factory):
     """48 train / 16 val / 16 test grey 32x32 PNGs; positives carry a brighter central square (learnable)."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "png").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    index = 0
-    for split, count in (("train", 48), ("val", 16), ("test", 16)):
-        for position in range(count):
-            label = position % 2
-            pixels = np.clip(rng.normal(0.3, 0.08, (32, 32)) + (label * 0.4) * _centre_mask(32), 0, 1)
-            path = f"png/{index}.png"
-            Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / path)
-            rows.append({"image_id": f"img{index}", "subject_id": f"sub{index}", "label": label, "path": path,
-                         "split": split})
-            index += 1
-    with open(root / "split.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(root / "split.csv")
-
-
-def _centre_mask(size):
-    mask = np.zeros((size, size))
-    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-    return mask
+    return write_split(tmp_path_factory.mktemp("data"), {"train": 48, "val": 16, "test": 16}, size=32)
 
 
 def config(split_csv, out_dir, **changes):
@@ -326,7 +303,7 @@ def test_tuned_step_on_cpu_trains_with_channels_last_and_records_what_applied(sp
     converted = []
     real = loop.to_step_format
     monkeypatch.setattr(loop, "to_step_format", lambda images, resolved: converted.append(1) or real(images, resolved))
-    eager = run(config(split_csv, tmp_path / "eager", model="test_resnet", max_epochs=2, lr=1e-3))
+    run(config(split_csv, tmp_path / "eager", model="test_resnet", max_epochs=2, lr=1e-3))
     tuned = run(config(split_csv, tmp_path / "tuned", model="test_resnet", max_epochs=2, lr=1e-3, tuned_step=True))
     validate_metrics(tuned)
     assert tuned["status"] == "completed" and converted  # training and validation batches went channels_last
