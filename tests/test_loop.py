@@ -2,8 +2,10 @@
 
 import csv
 import json
+import logging
 import math
 import os
+import re
 import signal
 
 import numpy as np
@@ -335,3 +337,97 @@ def test_command_line_takes_the_step_options(split_csv, tmp_path):
     assert code == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["setting"]["step"]["applied"] == ["channels_last"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Progress in the job log (logger leanmed.train.job; carbontracker's assumptions from leanmed.train.energy)
+
+ETA = re.compile(r"left <= (\d+) epochs \(patience\) ~ ([0-9.]+) (s|min|h), at most (\d+) epochs ~ ([0-9.]+) (s|min|h)")
+
+
+def job_lines(caplog, prefix):
+    return [record.getMessage() for record in caplog.records
+            if record.name == "leanmed.train.job" and record.getMessage().startswith(prefix)]
+
+
+def test_the_job_logs_its_start_each_epoch_with_an_eta_and_its_end(split_csv, tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="leanmed")
+    metrics = run(config(split_csv, tmp_path, energy=True, max_epochs=3, patience=5))
+
+    [start] = job_lines(caplog, "start ")
+    assert start.startswith("start demo/mlp_small fp32 s1 seed7: setting fp32 (weights float32, no autocast, ")
+    assert "device cpu" in start and "0.068 M parameters" in start and "new run" in start
+    assert "images train 48 / val 16 / test 16" in start and "pretrained: none (random initialisation)" in start
+
+    epochs = job_lines(caplog, "epoch ")
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    for number, line in enumerate(epochs, start=1):
+        assert re.search(r"train loss \d+\.\d{4}, val loss \d+\.\d{4}, val acc \d\.\d{3}, val AUC \d\.\d{3}", line)
+        assert "best epoch" in line
+        eta = ETA.search(line)
+        assert eta, line
+        patience_left, at_most = int(eta.group(1)), int(eta.group(4))
+        assert at_most == 3 - number and patience_left == min(5, at_most)
+        assert all(math.isfinite(float(eta.group(group))) for group in (2, 5))
+
+    [end] = job_lines(caplog, "end ")
+    assert "max_epochs reached (3 of 3)" in end and f"best epoch {metrics['training']['best_epoch']}" in end
+    assert f"test accuracy {metrics['test']['accuracy']:.3f}, balanced accuracy" in end and "AUC" in end
+    assert end.endswith(str(tmp_path / "metrics.json"))
+
+    # carbontracker's fallback assumptions: one leanmed line, and none of its own start-up messages on the console
+    energy = [record.getMessage() for record in caplog.records
+              if record.name == "leanmed.train.energy" and record.levelno >= logging.INFO]
+    assert len(energy) == 1 and energy[0].startswith("energy: carbontracker")
+    assert "CO2eq at carbontracker's world average" in energy[0] and "PUE of 1.58" in energy[0]
+    assert "RAPL" in energy[0]  # counters read, or their absence and the assumed power stated
+    printed = capsys.readouterr()
+    assert "CarbonTracker" not in printed.out + printed.err
+    assert metrics["energy"]["train"]["energy_kwh"] > 0  # still measured
+
+
+def test_the_log_says_why_training_stopped_and_counts_the_epochs_since_the_best(split_csv, tmp_path, monkeypatch,
+                                                                               caplog):
+    caplog.set_level(logging.INFO, logger="leanmed.train.job")
+    original = loop.evaluate
+    validation_losses = iter([0.50, 0.40, 0.45, 0.40])  # best at epoch 2, then two epochs without improvement
+
+    def scripted_validation(*args, **kwargs):
+        result = original(*args, **kwargs)
+        result.mean_loss = next(validation_losses, result.mean_loss)
+        return result
+
+    monkeypatch.setattr(loop, "evaluate", scripted_validation)
+    run(config(split_csv, tmp_path, max_epochs=10, patience=2))
+    epochs = job_lines(caplog, "epoch ")
+    assert len(epochs) == 4
+    assert "best epoch 2 (1 since); left <= 1 epochs (patience)" in epochs[2] and "at most 7 epochs" in epochs[2]
+    assert "stopping: no improvement for 2 epochs" in epochs[3]
+    [end] = job_lines(caplog, "end ")
+    assert "early stopping after 2 epochs without improvement (epoch 4 of at most 10); best epoch 2" in end
+
+
+def test_the_log_says_interrupted_resumed_and_started_over(split_csv, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="leanmed")
+
+    def terminate_after_epoch_1(epoch):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        run(config(split_csv, tmp_path, max_epochs=2), on_epoch_end=terminate_after_epoch_1)
+    [interrupted] = job_lines(caplog, "end ")
+    assert "interrupted: SIGTERM after epoch 1" in interrupted and "a rerun resumes" in interrupted
+
+    caplog.clear()
+    run(config(split_csv, tmp_path, max_epochs=2))
+    [start] = job_lines(caplog, "start ")
+    assert start.endswith("resumed from epoch 1 (last.pt)")
+    assert [line.split(":")[0] for line in job_lines(caplog, "epoch ")] == ["epoch 2/2"]
+
+    caplog.clear()
+    run(config(split_csv, tmp_path, max_epochs=2, lr=1e-3))
+    [start] = job_lines(caplog, "start ")
+    assert start.endswith("starting over: last.pt of another configuration/inputs (differs in lr)")
+    # one line says it: checkpoint.py's own warning (with both fingerprints) is left to the start line
+    assert not [record for record in caplog.records
+                if record.name == "leanmed.train.checkpoint" and record.levelno >= logging.INFO]

@@ -29,6 +29,7 @@ __all__ = [
     "checkpoint_payload",
     "load_checkpoint",
     "resumable_checkpoint",
+    "checkpoint_for_resume",
     "resume_state",
 ]
 
@@ -128,18 +129,30 @@ def load_checkpoint(path: Path) -> dict:
 
 def resumable_checkpoint(path: Path, fingerprint: dict) -> dict | None:
     """The last.pt at ``path`` when it was written by this very configuration (an interrupted or finished run of this
-    job), else None (no file, or another configuration: the job starts over)."""
+    job), else None (no file, or another configuration: the job starts over; logged as one warning)."""
+    checkpoint, refused = checkpoint_for_resume(path, fingerprint)
+    if refused:
+        logging.getLogger(__name__).warning("%s: starting this job over", refused)
+    return checkpoint
+
+
+def checkpoint_for_resume(path: Path, fingerprint: dict) -> tuple[dict | None, str | None]:
+    """(the last.pt at ``path`` if this very configuration wrote it, else None; why a last.pt present was refused,
+    else None). The reason is one short line naming what differs; both fingerprints are logged at DEBUG."""
     if not path.is_file():
-        return None
+        return None, None
     checkpoint = load_checkpoint(path)
     written_by = checkpoint.get("fingerprint")
-    if written_by != fingerprint:
-        logging.getLogger(__name__).warning(
-            "%s was written by another configuration (%s, now %s): starting this job over", path, written_by,
-            fingerprint,
-        )
-        return None
-    return checkpoint
+    if written_by == fingerprint:
+        return checkpoint, None
+    logging.getLogger(__name__).debug("%s fingerprint %s, this job's %s", path, written_by, fingerprint)
+    if isinstance(written_by, dict):
+        differs = sorted(key for key in set(written_by) | set(fingerprint)
+                         if written_by.get(key) != fingerprint.get(key))
+        what = "differs in " + ", ".join(differs)
+    else:
+        what = "written without a fingerprint"
+    return None, f"{path.name} of another configuration/inputs ({what})"
 
 
 def resume_state(checkpoint: dict, model, optimizer, scaler) -> JobState:

@@ -31,7 +31,9 @@ What carbontracker 2.4.7 measures, and what this wrapper changes:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -47,6 +49,8 @@ import torch
 
 __all__ = ["EnergyMeter", "read_energy_logs", "unmeasured", "prefetch_cpu_info", "ENERGY_KEYS"]
 
+log = logging.getLogger(__name__)
+
 METHOD_FILE = "leanmed_method.json"
 ENERGY_KEYS = ("measured", "estimated", "assumed_power_w", "estimated_components", "energy_kwh", "energy_kwh_pue",
                "pue", "co2eq_g", "components", "method", "note")
@@ -55,6 +59,39 @@ COUNTER_HANDLERS = {"IntelCPU": "RAPL", "NvidiaGPU": "NVML", "AppleSiliconCPU": 
                     "AppleSiliconGPU": "powermetrics"}
 ASSUMED_POWER_HANDLERS = ("GenericCPU", "SimulatedCPUHandler", "SimulatedGPUHandler")
 _CONSTANT_POWER_TEXT = re.compile(r"constant power of ([0-9.]+) W")
+
+
+
+class _ForwardToLeanmed(logging.Handler):
+    """Stands in for carbontracker's console handlers (which print every start-up message to stdout, once per
+    tracker built): its messages go to leanmed's logger instead, at DEBUG while a tracker is being built (its
+    start-up chatter: leanmed states the assumptions itself, once) and at their own level afterwards (warnings
+    while measuring). carbontracker's log files are untouched."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.constructing = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = logging.DEBUG if self.constructing else record.levelno
+            log.log(level, "carbontracker %s: %s", record.levelname.lower(), record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+_FORWARD = _ForwardToLeanmed()
+
+
+def _quiet_console(logger: logging.Logger, forward: bool = True) -> None:
+    """Replace ``logger``'s console handlers (stream handlers that are not files) with ``_FORWARD`` (or with
+    nothing, for loggers whose console output carbontracker filters anyway)."""
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+    if forward and _FORWARD not in logger.handlers:
+        logger.addHandler(_FORWARD)
+
 
 _cpu_info_lock = threading.Lock()
 _cpu_info_cache: dict | None = None
@@ -182,8 +219,11 @@ class EnergyMeter:
         epochs: int = 1,
         update_interval_s: float = 0.1,
         country: str | None = None,
+        announce: bool = True,
     ):
         self.phase = phase
+        self.announce = announce  # log what is measured and assumed, in one line, once the tracker is built
+        self.announced = False
         self.log_dir = Path(log_dir)
         self.device = torch.device(device)
         self.enabled = enabled
@@ -223,7 +263,13 @@ class EnergyMeter:
             from carbontracker.tracker import CarbonTracker
 
             meter = self
+            # carbontracker's module-level logger (the CPU model, its TDP match) and the tracker's own loggers
+            # print to stdout: quiet during construction (leanmed states the assumptions once, see _announce)
+            _quiet_console(generic_cpu.logger.logger_err)
             with ExitStack() as patches:
+                patches.enter_context(contextlib.redirect_stdout(io.StringIO()))  # the new tracker's console handlers
+                _FORWARD.constructing += 1
+                patches.callback(setattr, _FORWARD, "constructing", 0)
                 patches.enter_context(mock.patch.object(
                     intensity.IntensityService, "_fetch_geo_location", lambda service: meter._fixed_location(service)
                 ))
@@ -251,11 +297,52 @@ class EnergyMeter:
                 self._select_job_gpu()
                 logger = tracker.logger
                 self._loggers = [logger.logger, logger.logger_output, logger.logger_err]
+                _quiet_console(logger.logger_output, forward=False)
+                _quiet_console(logger.logger_err)
+                self._announce()
         except BaseException as error:  # SystemExit included: carbontracker may call sys.exit
             self.problems.append(f"carbontracker construction failed: {type(error).__name__}: {error}")
             self._tracker = None
         finally:
             self.construct_seconds = time.perf_counter() - started
+
+    def _announce(self) -> None:
+        """One leanmed line: what carbontracker measures and what it assumes (once per job: see ``announce``)."""
+        if not self.announce or self.announced:
+            return
+        self.announced = True
+        try:
+            from carbontracker import constants
+
+            parts = []
+            for component in self._tracker.tracker.components:
+                handler = component._handler
+                name = type(handler).__name__
+                if name == "GenericCPU":
+                    tdp = float(handler.tdp)
+                    source = ("the average TDP of carbontracker's table / 2: no match for this CPU"
+                              if tdp == float(handler.average_tdp) else "its TDP in carbontracker's table / 2")
+                    parts.append(f"CPU '{handler.cpu_brand}': no RAPL counters readable, so a constant {tdp:.1f} W "
+                                 f"is assumed ({source}) x phase time: an estimate")
+                elif name == "IntelCPU":
+                    parts.append("CPU: RAPL energy counters (package and DRAM, all processes)")
+                elif name == "NvidiaGPU":
+                    parts.append(f"GPU: NVML power draw of this job's GPU, sampled every {self.update_interval_s} s")
+                else:
+                    parts.append(f"{component.name.upper()}: {name}")
+            if "gpu" not in self.components:
+                parts.append("no GPU (the job runs on the CPU)")
+            if self.country:
+                parts.append(f"CO2eq at carbontracker's intensity for {self.country}")
+            else:
+                parts.append(f"CO2eq at carbontracker's world average, {constants.WORLD_AVG_CARBON_INTENSITY} "
+                             f"gCO2eq/kWh ({constants.WORLD_AVG_CARBON_INTENSITY_YEAR}; no location lookup)")
+            parts.append(f"its figures include a PUE of {constants.PUE_2023} (energy_kwh is without it)")
+            log.info("energy: carbontracker %s measures training and inference; %s; its own logs in %s",
+                     _carbontracker_version(), "; ".join(parts), self.log_dir.parent)
+        except Exception as error:  # a description only: never a reason to fail
+            log.info("energy: carbontracker %s measures training and inference (%s: %s describing it)",
+                     _carbontracker_version(), type(error).__name__, error)
 
     def _select_job_gpu(self) -> None:
         """Make carbontracker's NVML handler read the GPU this job computes on, not every GPU of the machine."""

@@ -47,10 +47,10 @@ from leanmed.metrics import binary_metrics
 from leanmed.train import loop
 from leanmed.train.checkpoint import (
     JobState,
+    checkpoint_for_resume,
     checkpoint_payload,
     job_fingerprint,
     load_checkpoint,
-    resumable_checkpoint,
     resume_state,
     save_atomically,
 )
@@ -64,12 +64,14 @@ from leanmed.train.measure import (
     time_inference,
 )
 from leanmed.train.models import build_model
+from leanmed.train.progress import end_line, epoch_line, job_name, start_line
 from leanmed.train.record import (
     EPOCH_COLUMNS,
     PREDICTION_COLUMNS,
     finite_or_none,
     memory_block,
     metrics_record,
+    pretrained_record,
     validate_metrics,
     write_csv,
     write_json,
@@ -167,7 +169,11 @@ def run(cfg: TrainConfig, on_epoch_end: Callable[[int], None] | None = None) -> 
         prefetch_cpu_info()
     resolved = resolve(cfg.setting, device, tuned_step=cfg.tuned_step, compile=cfg.compile)
     with Determinism(device), cudnn_benchmark(resolved), StopOnSigterm() as stop:
-        return _run(cfg, out_dir, device, resolved, stop, on_epoch_end)
+        try:
+            return _run(cfg, out_dir, device, resolved, stop, on_epoch_end)
+        except TrainingInterrupted as interrupted:
+            logger.warning("end %s: interrupted: %s; a rerun resumes from last.pt", job_name(cfg), interrupted)
+            raise
 
 
 def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopOnSigterm, on_epoch_end) -> dict:
@@ -192,7 +198,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
     fingerprint = job_fingerprint(cfg, device, inputs)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    checkpoint = resumable_checkpoint(last_path, fingerprint)
+    checkpoint, refused = checkpoint_for_resume(last_path, fingerprint)
     resumed_now = checkpoint is not None
     if resumed_now:
         state = resume_state(checkpoint, model, optimizer, scaler)
@@ -203,6 +209,12 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
             stale.unlink(missing_ok=True)
         shutil.rmtree(out_dir / "energy" / "train", ignore_errors=True)
     state.segments += 1
+    finished_before = state.early_stopped or state.diverged or state.epoch >= cfg.max_epochs
+    logger.info("%s", start_line(
+        cfg, resolved, device, sum(parameter.numel() for parameter in model.parameters()),
+        {split: len(dataset) for split, dataset in datasets.items()}, pretrained_record(cfg),
+        resumed_from=state.epoch if resumed_now else None, refused=refused, finished=finished_before,
+    ))
 
     # ---- training ---------------------------------------------------------------------------------------------
     gradients_measured = None
@@ -217,6 +229,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
                 while epochs_left and not (state.early_stopped or state.diverged) and state.epoch < cfg.max_epochs:
                     _train_epoch(cfg, state, step_model, optimizer, scaler, resolved, loaders, energy_train, memory,
                                  stop)
+                    logger.info("%s", epoch_line(state, cfg))
                     if gradients_measured is None:
                         gradients_measured = gradient_bytes(model)
                     _save_epoch(cfg, state, model, optimizer, scaler, input_size, fingerprint, last_path, best_path)
@@ -236,7 +249,8 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
 
     # ---- test evaluation and inference timing with the best checkpoint -----------------------------------------
     test_block, inference_block, inference_memory, energy_inference = _test_and_time(
-        cfg, state, model, resolved, datasets["test"], loaders["test"], best_path, out_dir, device, stop
+        cfg, state, model, resolved, datasets["test"], loaders["test"], best_path, out_dir, device, stop,
+        announce_energy=not energy_train.announced,
     )
     if stop.requested.is_set():
         raise TrainingInterrupted("SIGTERM during the test evaluation; training is complete in last.pt")
@@ -249,6 +263,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
     write_csv(out_dir / "epochs.csv", EPOCH_COLUMNS, state.history)
     validate_metrics(metrics)
     write_json(out_dir / "metrics.json", metrics)
+    logger.info("%s", end_line(cfg, state, metrics, out_dir / "metrics.json"))
     return metrics
 
 
@@ -317,7 +332,8 @@ def _save_epoch(cfg, state, model, optimizer, scaler, input_size, fingerprint, l
     write_csv(last_path.parent / "epochs.csv", EPOCH_COLUMNS, state.history)
 
 
-def _test_and_time(cfg, state, model, resolved, test_dataset, test_loader, best_path, out_dir, device, stop):
+def _test_and_time(cfg, state, model, resolved, test_dataset, test_loader, best_path, out_dir, device, stop,
+                   announce_energy: bool = True):
     """Evaluate the best checkpoint on the test split, write predictions.csv, time inference and measure its energy."""
     energy_dir = out_dir / "energy" / "inference"
     shutil.rmtree(energy_dir, ignore_errors=True)
@@ -367,7 +383,7 @@ def _test_and_time(cfg, state, model, resolved, test_dataset, test_loader, best_
     # at batch size 32 it was the warm-up of the batch-32 passes, so none is repeated.
     warmup = 0 if cfg.batch_size == 32 and cfg.inference_warmup else cfg.inference_warmup
     energy_inference = EnergyMeter("inference", energy_dir, device, enabled=cfg.energy, epochs=1,
-                                   country=cfg.energy_country)
+                                   country=cfg.energy_country, announce=announce_energy)
     memory = PeakMemoryMeter(device)
     try:
         with memory:
