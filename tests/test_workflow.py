@@ -103,6 +103,25 @@ def test_every_output_exists_with_sane_values(tiny_study):
     assert (deployment.filter(like="latency").iloc[:, 0] > 0).all()
 
 
+def test_a_training_job_log_shows_its_progress_once_per_epoch(tiny_study):
+    """The job log holds the start, one line per epoch with the time left, the end, and carbontracker's
+    assumptions once in leanmed's words (energy is on in this study), none of its own duplicated warnings."""
+    run = "rsna/test_resnet/fp32/s1/seed1"
+    lines = (tiny_study / "logs/runs" / f"{run}.log").read_text().splitlines()
+    metrics = json.loads((tiny_study / "results/runs" / run / "metrics.json").read_text())
+    messages = [line.split(" INFO ", 1)[1] for line in lines if " INFO " in line]
+    starts = [message for message in messages if message.startswith("start rsna/test_resnet fp32 s1 seed1: ")]
+    epochs = [message for message in messages if message.startswith("epoch ")]
+    ends = [message for message in messages if message.startswith("end rsna/test_resnet fp32 s1 seed1: ")]
+    assert len(starts) == 1 and "images train " in starts[0] and "new run" in starts[0]
+    assert [message.split(":")[0] for message in epochs] == [
+        f"epoch {epoch}/2" for epoch in range(1, metrics["training"]["epochs_run"] + 1)]
+    assert all("left <= " in message and " s, at most " in message for message in epochs)
+    assert len(ends) == 1 and "test accuracy" in ends[0] and ends[0].endswith("metrics.json")
+    assert len([message for message in messages if message.startswith("energy: carbontracker")]) == 1
+    assert not [line for line in lines if "CarbonTracker" in line]
+
+
 def test_a_finished_study_plans_nothing(tiny_study):
     assert planned_jobs(tiny_study, "--configfile", "tiny.yaml") == {}
 
