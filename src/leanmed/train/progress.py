@@ -2,12 +2,16 @@
 and an end line, so that a running job's log (``logs/runs/<dataset>/<model>/<setting>/s<S>/seed<N>.log``) says
 where it stands and how long it may still take.
 
-The functions here only build the text; ``leanmed.train.job`` logs it. Example (2-core CPU, tiny study)::
+The functions here only build the text; ``leanmed.train.job`` logs it. From the demo study (2-core CPU)::
 
-    start rsna/test_resnet fp32 s1 seed1: weights float32, no autocast, torch.optim.Adam, step eager (paper); ...
-    epoch 1/2: train loss 0.7112, val loss 0.6931, val acc 0.500, val AUC 0.625, 0.41 s (train 0.35 + val 0.06);
-        best epoch 1 (0 since); left <= 1 epochs (patience) ~ 0.4 s, at most 1 epochs ~ 0.4 s
-    end rsna/test_resnet fp32 s1 seed1: max_epochs reached (2 of 2); best epoch 2; test accuracy ...
+    start lidc/test_vit half_8bit s1 seed1: setting half_8bit (weights float16, no autocast,
+        bitsandbytes.optim.Adam8bit, step eager (paper)); device cpu; 0.274 M parameters; images train 192 / val 64 /
+        test 64; pretrained: none (random initialisation); max 15 epochs, patience 8, batch 32, lr 0.0003; new run
+    epoch 1/15: train loss 0.7071, val loss 0.6753, val acc 0.609, val AUC 0.659, 1.58 s (train 1.50 s + val
+        0.08 s); best epoch 1 (0 since); left <= 8 epochs (patience) ~ 13 s, at most 14 epochs ~ 22 s
+    end lidc/test_vit half_8bit s1 seed1: max_epochs reached (15 of 15); best epoch 13 (val loss 0.4096); test
+        accuracy 0.797, balanced accuracy 0.805, AUC 0.878; training 17 s over 15 epochs; status completed;
+        results/runs/lidc/test_vit/half_8bit/s1/seed1/metrics.json
 
 The time left is the mean seconds of the epochs run so far (training + validation, resumed epochs included) times
 the epochs left: at most ``patience - epochs since the best`` when the validation loss does not improve again
