@@ -1,6 +1,9 @@
 # Quick start: `make demo` (the demo study end to end) and `make test` (the test suite).
-# Each target sets up .venv on first use (Python 3.11; about 6 GB, torch is a CUDA build that also runs on CPU).
-PYTHON ?= python3
+# Each target sets up .venv on first use (Python 3.11-3.13; about 6 GB, torch is a CUDA build that also runs on CPU).
+# The first of python3.11, python3.12, python3.13, python3 that is 3.11-3.13 (override: make test PYTHON=/path/python).
+PYTHON ?= $(shell for candidate in python3.11 python3.12 python3.13 python3; do \
+	$$candidate -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null \
+	&& echo $$candidate && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.leanmed-installed
@@ -11,6 +14,9 @@ SNAKEMAKE := $(BIN)/snakemake
 setup: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "leanmed needs Python 3.11, 3.12 or 3.13 and found none \
+	(python3.11, python3.12, python3.13, python3 on PATH): install one, e.g. 'apt install python3.12', or give it: \
+	make $(MAKECMDGOALS) PYTHON=/path/to/python3.12" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(INSTALLED)
