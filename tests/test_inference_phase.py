@@ -1,12 +1,9 @@
 """The inference phase of a training job: what it holds in memory, how many passes it times, its warm-up (CPU)."""
 
-import csv
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from leanmed.synthetic import write_split
 from leanmed.train import energy as energy_module
 from leanmed.train import job as job_module
 from leanmed.train.job import TrainConfig, run
@@ -17,20 +14,7 @@ from leanmed.train.settings import resolve
 @pytest.fixture(scope="module")
 def split_csv(tmp_path_factory):
     """32 train / 8 val / 40 test grey 16x16 PNGs (two test batches of 32)."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "png").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for index, split in enumerate(["train"] * 32 + ["val"] * 8 + ["test"] * 40):
-        path = f"png/{index}.png"
-        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / path)
-        rows.append({"image_id": f"img{index}", "subject_id": f"sub{index}", "label": index % 2, "path": path,
-                     "split": split})
-    with open(root / "split.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(root / "split.csv")
+    return write_split(tmp_path_factory.mktemp("data"), {"train": 32, "val": 8, "test": 40}, size=16)
 
 
 def _config(split_csv, out_dir, **changes):
