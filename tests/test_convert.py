@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from leanmed.data import convert
+from leanmed.data.png import png_fingerprint
 
 IMAGE_SIZE = 32
 
@@ -178,7 +179,7 @@ def test_png_records_its_fingerprint_and_the_manifest_too(study):
     assert (manifest.loc[manifest["status"] == "excluded", "fingerprint"] == "").all()
     for image_id, row in ok.iterrows():
         png = study["out_root"].parent / row["path"]
-        assert convert.png_fingerprint(png) == row["fingerprint"]
+        assert png_fingerprint(png) == row["fingerprint"]
         source = study["images_dir"] / f"{row['subject_id']}/{image_id}.dcm"
         preprocessing = convert.preprocessing_version(IMAGE_SIZE, 8, "exact", True, "code-1")
         stat = source.stat()
@@ -218,7 +219,7 @@ def test_a_change_of_preprocessing_reconverts_every_png(study, change):
     assert (second.loc[ok, "fingerprint"] != first.loc[ok, "fingerprint"]).all()
     for png in before:
         assert png.stat().st_mtime_ns != OLD_NS, png
-        assert convert.png_fingerprint(png) == second.loc[png.stem, "fingerprint"]
+        assert png_fingerprint(png) == second.loc[png.stem, "fingerprint"]
     # Back to the first settings: reconverted again, to the first fingerprints.
     third = by_image(run_all_shards(study, preprocessing_code="code-1"))
     pd.testing.assert_frame_equal(first, third)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from leanmed.data import lidc
+from leanmed.data.png import png_fingerprint
 
 
 def patch(n_marking_raters: int, value: float = 0.5) -> dict:
@@ -81,11 +82,6 @@ def age_pngs(out: Path) -> dict[Path, bytes]:
     for png in pngs:
         os.utime(png, ns=(OLD_NS, OLD_NS))
     return {png: png.read_bytes() for png in pngs}
-
-
-def png_fingerprint(path: Path) -> str | None:
-    with Image.open(path) as png:
-        return png.info.get(lidc.PNG_FINGERPRINT_KEY)
 
 
 def test_each_png_records_its_fingerprint_as_labels_csv_does(pickle_path, tmp_path):

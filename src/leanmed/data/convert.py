@@ -4,9 +4,9 @@ One Snakemake job converts one shard (`convert_shard`); `merge_manifests` joins 
 (converted images) and `rsna/excluded.csv` (images that could not be read, with the reason naming the file). See
 docs/architecture.md for the file contracts.
 
-Each PNG records the fingerprint of what made it (a PNG tEXt chunk `PNG_FINGERPRINT_KEY`): the preprocessing
-options, the preprocessing code (`leanmed.fingerprint.code_version("dicom_preprocessing")`) and the source DICOM's
-size and mtime_ns. A PNG is reused only when its fingerprint is the current one; otherwise it is reconverted.
+Each PNG records the fingerprint of what made it (a tEXt chunk, `leanmed.data.png`): the preprocessing options, the
+preprocessing code (`leanmed.fingerprint.code_version("dicom_preprocessing")`) and the source DICOM's size and
+mtime_ns. A PNG is reused only when its fingerprint is the current one; otherwise it is reconverted.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
 from leanmed.data.dicom import DicomError, preprocess
+from leanmed.data.png import is_current_png, write_png
 from leanmed.data.sources import shard_of  # noqa: F401  (part of this module's interface)
 from leanmed.fingerprint import code_version, value_version
 
@@ -38,7 +36,6 @@ COHORT_COLUMNS = ["image_id", "subject_id", "label", "dicom_path"]
 STATUS_OK = "ok"
 STATUS_EXCLUDED = "excluded"
 CONFIG_KEY = "dicom.max_excluded_fraction"
-PNG_FINGERPRINT_KEY = "leanmed-fingerprint"  # PNG tEXt keyword holding the image's fingerprint
 REASON_FILE_MISSING = "file missing"
 _MAX_LISTED = 10  # excluded files named in an error message
 
@@ -85,29 +82,6 @@ def image_fingerprint(preprocessing: str, source_size: int, source_mtime_ns: int
     )
 
 
-def png_fingerprint(path: str | os.PathLike) -> str | None:
-    """The fingerprint recorded in a PNG (tEXt chunk `PNG_FINGERPRINT_KEY`), None when absent or unreadable."""
-    try:
-        with Image.open(path) as png:
-            value = png.info.get(PNG_FINGERPRINT_KEY)
-    except (OSError, SyntaxError, ValueError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def write_png_with_fingerprint(image: np.ndarray, path: str | os.PathLike, fingerprint: str) -> None:
-    """Write a 2-D uint8 (mode L) or uint16 (mode I;16) array as a grey PNG that records `fingerprint` in a tEXt
-    chunk, atomically (`leanmed.atomic.atomic_path`). Pixels as `leanmed.data.dicom.write_png` writes them."""
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(
-            f"write_png_with_fingerprint needs a 2-D uint8 or uint16 array, got {image.dtype} {image.shape}"
-        )
-    info = PngInfo()
-    info.add_text(PNG_FINGERPRINT_KEY, fingerprint)
-    with atomic_path(path) as temporary:
-        Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG", pnginfo=info)
-
-
 def is_complete_png(path: str | os.PathLike, image_size: int, bits: int, fingerprint: str | None = None) -> bool:
     """True when `path` is a readable PNG of image_size x image_size pixels at the requested bit depth and, when
     `fingerprint` is given, records exactly that fingerprint.
@@ -115,30 +89,17 @@ def is_complete_png(path: str | os.PathLike, image_size: int, bits: int, fingerp
     Used to skip images already converted by an earlier (interrupted) run; a PNG made another way (other size,
     depth, options, preprocessing code or source file) does not count and is redone.
     """
-    try:
-        with Image.open(path) as png:
-            if png.format != "PNG" or png.size != (image_size, image_size):
-                return False
-            if png.mode != ("L" if bits == 8 else "I;16"):
-                return False
-            if fingerprint is not None and png.info.get(PNG_FINGERPRINT_KEY) != fingerprint:
-                return False
-            png.verify()  # reads every chunk and checks its CRC
-        return True
-    except (OSError, SyntaxError, ValueError):
-        return False
+    return is_current_png(path, image_size, "L" if bits == 8 else "I;16", fingerprint)
 
 
 def _convert_one(task: tuple[str, str, int, int, str, bool, str]) -> tuple[str, str]:
     """Convert one DICOM to its PNG; (status, reason). Runs in the worker processes, one image at a time."""
     dicom_file, png_file, image_size, bits, path_mode, flip_to_left, fingerprint = task
-    if not os.path.exists(dicom_file):
-        return STATUS_EXCLUDED, f"{REASON_FILE_MISSING}: {dicom_file}"
     try:
         image, _ = preprocess(
             dicom_file, image_size=image_size, bits=bits, flip_to_left=flip_to_left, path_mode=path_mode
         )
-        write_png_with_fingerprint(image, png_file, fingerprint)
+        write_png(image, png_file, fingerprint)
         return STATUS_OK, ""
     except DicomError as error:
         return STATUS_EXCLUDED, str(error)

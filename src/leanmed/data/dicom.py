@@ -41,8 +41,8 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
-from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
+from leanmed.data.png import write_png  # noqa: F401  (part of this module's interface: preprocess, then write_png)
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -988,15 +988,3 @@ def preprocess(
         "total_seconds": time.perf_counter() - started,
     }
     return image, info
-
-
-def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a 2-D uint8 (mode L) or uint16 (mode I;16) array as a grey PNG, atomically.
-
-    The PNG goes to a temporary file in the same directory first and is renamed over `path`
-    (`leanmed.atomic.atomic_path`), so a crash never leaves a partial PNG under the final name.
-    """
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"write_png needs a 2-D uint8 or uint16 array, got {image.dtype} {image.shape}")
-    with atomic_path(path) as temporary:
-        Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG")

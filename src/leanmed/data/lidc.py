@@ -11,7 +11,7 @@ Labelling: a patch is tumour (label 1) when at least `min_raters` of its raters 
 says "at least 2 raters" (`min_raters=2`, leanmed's default); the authors' code (github.com/raghavian/redl,
 `data/datasets.py`) uses `targets.sum(1) > 2`, i.e. at least 3 raters (`min_raters=3`).
 
-Each PNG records its fingerprint (tEXt chunk `PNG_FINGERPRINT_KEY`, also in labels.csv): image_size, the code
+Each PNG records its fingerprint (a tEXt chunk, `leanmed.data.png`; also in labels.csv): image_size, the code
 (`leanmed.fingerprint.code_version("lidc_labels")`) and the patch's own content in the pickle. A PNG whose recorded
 fingerprint is the current one is kept untouched; any other is rewritten. Labelling options (min_raters) are not
 part of it: they change labels.csv only.
@@ -20,7 +20,6 @@ part of it: they change labels.csv only.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import re
@@ -30,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
-from leanmed.atomic import write_bytes_atomically, write_text_atomically
+from leanmed.atomic import write_text_atomically
+from leanmed.data.png import is_current_png, write_png
 from leanmed.fingerprint import code_version, value_version
 
 # Largest single read: macOS cannot read() 2 GiB or more in one call, hence the original writer's chunk size.
@@ -42,7 +41,6 @@ PATCH_SHAPE: tuple[int, int] = (128, 128)
 N_RATERS = 4
 
 LABELS_CSV_COLUMNS: tuple[str, ...] = ("image_id", "subject_id", "n_raters", "label", "path", "fingerprint")
-PNG_FINGERPRINT_KEY = "leanmed-fingerprint"  # PNG tEXt keyword holding the patch's fingerprint
 
 # Float rounding in the writer's normalisation may overshoot [0, 1] by a few ulps; that is not a format error
 # (patch_to_uint8 clips), anything larger is.
@@ -213,15 +211,6 @@ def patch_to_uint8(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _png_bytes(pixels: np.ndarray, fingerprint: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    info = PngInfo()
-    if fingerprint is not None:
-        info.add_text(PNG_FINGERPRINT_KEY, fingerprint)
-    Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info)  # uint8 arrays become mode "L" (8-bit grey)
-    return buffer.getvalue()
-
-
 def patch_fingerprint(image: np.ndarray, image_size: int, code: str) -> str:
     """Fingerprint (16 hex digits) of a patch's PNG: `image_size`, the code version and the patch as stored in the
     pickle (dtype, shape and bytes), so that a changed patch, size or code rewrites it and nothing else does."""
@@ -233,16 +222,7 @@ def patch_fingerprint(image: np.ndarray, image_size: int, code: str) -> str:
 
 def png_is_current(path: str | os.PathLike, image_size: int, fingerprint: str) -> bool:
     """True when `path` is a complete 8-bit grey PNG of `image_size` x `image_size` recording `fingerprint`."""
-    try:
-        with Image.open(path) as png:
-            if png.format != "PNG" or png.size != (image_size, image_size) or png.mode != "L":
-                return False
-            if png.info.get(PNG_FINGERPRINT_KEY) != fingerprint:
-                return False
-            png.verify()  # reads every chunk and checks its CRC
-        return True
-    except (OSError, SyntaxError, ValueError):
-        return False
+    return is_current_png(path, image_size, "L", fingerprint)
 
 
 def label_patches(
@@ -289,7 +269,7 @@ def label_patches(
         relative = f"png/{safe_file_stem(key)}.png"
         fingerprint = patch_fingerprint(image, int(image_size), code)
         if not png_is_current(out / relative, int(image_size), fingerprint):
-            write_bytes_atomically(out / relative, _png_bytes(patch_to_uint8(image, int(image_size)), fingerprint))
+            write_png(patch_to_uint8(image, int(image_size)), out / relative, fingerprint)
         rows.append(
             {
                 "image_id": key,
