@@ -22,11 +22,23 @@ CODE_GROUPS: dict[str, tuple[str, ...]] = {
     "demo": ("demo.py",),
     "rsna_cohort": ("data/rsna.py",),
     # Pixels of a converted mammogram: decoding, VOI/LUT, crop, resize, PNG writing.
-    "dicom_preprocessing": ("data/dicom.py", "data/openjpeg.py"),
+    "dicom_preprocessing": ("data/dicom.py", "data/openjpeg.py", "data/png.py"),
     "lidc_from_ct": ("data/lidc_ct.py",),
-    "lidc_labels": ("data/lidc.py",),
+    "lidc_labels": ("data/lidc.py", "data/png.py"),
     "split": ("data/splits.py",),
 }
+
+
+
+def _training_files() -> tuple[str, ...]:
+    """The code a training job runs: every module of leanmed.train but the registry (what a job takes from it, its
+    setting's and model's entries, is a rerun trigger of its own, so editing one setting reruns only its jobs), the
+    image loading and the metrics."""
+    train = sorted(f"train/{path.name}" for path in (PACKAGE_DIR / "train").glob("*.py") if path.name != "registry.py")
+    return (*train, "data/images.py", "metrics.py")
+
+
+CODE_GROUPS["training"] = _training_files()
 
 _HEX_DIGITS = 16
 

@@ -1,12 +1,9 @@
 # Helpers for the rule files (the job list, paths, parameters and config checks).
 # Rule files stay declarative and call only what is defined here.
-import hashlib
-import json
 from pathlib import Path
 
-import leanmed
 from leanmed.data.sources import shard_source_versions
-from leanmed.fingerprint import code_version, files_version
+from leanmed.fingerprint import code_version, value_version
 from leanmed.study import training_runs as study_training_runs
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
@@ -21,7 +18,6 @@ RESULTS = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
 BENCHMARKS = f"{RESULTS}/benchmarks"
 DATASETS = list(config["datasets"])
-PACKAGE_DIR = Path(leanmed.__file__).parent
 
 
 # ---------------------------------------------------------------- config checks
@@ -285,22 +281,9 @@ def downsampling_settings(wildcards):
     return settings
 
 
-def training_code_version():
-    """Hash of the package code a training job runs.
-
-    Snakemake's code trigger sees only the script file, not the package it imports; passing this hash as a
-    param makes a change of the training code (or of what it imports) rerun the training jobs.
-    """
-    # The registry is left out: what a job takes from it (its setting and model entries) is a trigger of its own,
-    # so editing one setting reruns only that setting's jobs.
-    files = sorted(path for path in (PACKAGE_DIR / "train").glob("*.py") if path.name != "registry.py") + [
-        PACKAGE_DIR / "data" / "images.py",
-        PACKAGE_DIR / "metrics.py",
-    ]
-    return files_version(files)
-
-
-TRAINING_CODE_VERSION = training_code_version()
+# Hash of the package code a training job runs (leanmed.fingerprint.CODE_GROUPS["training"]): Snakemake's code
+# trigger sees only the script file, not the package it imports; as a param it reruns training when that code changes.
+TRAINING_CODE_VERSION = code_version("training")
 
 
 def rerun_triggers(wildcards):
@@ -404,8 +387,7 @@ def train_params(wildcards):
         tuned_step=training["tuned_step"],
         compile=training["compile"],
     )
-    fingerprint = json.dumps([params, rerun_triggers(wildcards)], sort_keys=True, default=str)
-    params["config_hash"] = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    params["config_hash"] = value_version([params, rerun_triggers(wildcards)])
     return params
 
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from leanmed.fingerprint import file_sha256
+
 __all__ = [
     "SCALES",
     "DOWNSAMPLE_MODES",
@@ -98,12 +100,12 @@ def split_fingerprint(split_csv: str | Path) -> dict:
     """What a training job reads, by content: sha256 of ``split.csv``'s bytes and one sha256 over every image it lists
     (each row's ``path`` and the PNG's bytes, in file order, all splits).
 
-    A training checkpoint is resumed only when these match (leanmed.train.checkpoint): a rerun after a new split, new labels
-    or re-converted images trains from scratch. Hashing reads each PNG once more; for the paper's RSNA cohort
+    A training checkpoint is resumed only when these match (leanmed.train.checkpoint): a rerun after a new split, new
+    labels or re-converted images trains from scratch. Hashing reads each PNG once more; for the paper's RSNA cohort
     (11,856 PNGs at 256 px, about 0.6 GB) that is about a second, small beside one epoch.
     """
     split_csv = Path(split_csv)
-    split_digest = hashlib.sha256(split_csv.read_bytes()).hexdigest()
+    split_digest = file_sha256(split_csv)
     images_digest = hashlib.sha256()
     rows = read_split_rows(split_csv)
     for row in rows:

@@ -18,12 +18,13 @@ Kept free of torch and timm imports at module level: the workflow checks the cac
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from leanmed.fingerprint import file_sha256
 
 __all__ = [
     "WeightsFetchError",
@@ -31,7 +32,6 @@ __all__ = [
     "weights_file",
     "manifest_file",
     "checksum_file",
-    "sha256_of",
     "read_manifest",
     "cache_problem",
     "set_aside",
@@ -66,14 +66,6 @@ def checksum_file(weights_dir: str | Path, model: str) -> Path:
     return Path(weights_dir) / f"{model}.sha256"
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_manifest(path: str | Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
@@ -95,7 +87,7 @@ def cache_problem(weights_dir: str | Path, model: str) -> str | None:
     size = path.stat().st_size
     if size != manifest["size"]:
         return f"{path} has {size} bytes, its manifest records {manifest['size']}"
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if digest != manifest["sha256"]:
         return f"{path} has sha256 {digest}, its manifest records {manifest['sha256']}"
     return None
@@ -234,7 +226,7 @@ def fetch_weights(model: str, weights_dir: str | Path, source: dict | None = Non
             log(f"{model}: downloaded {record['url']} (commit {record.get('commit')}) to {target}")
     manifest = dict(
         base, available=True, tag=source.get("tag"), file=target.name, size=target.stat().st_size,
-        sha256=sha256_of(target), source=record,
+        sha256=file_sha256(target), source=record,
     )
     return _write_entry(weights_dir, model, manifest)
 
