@@ -218,7 +218,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
 
     # ---- training ---------------------------------------------------------------------------------------------
     gradients_measured = None
-    epochs_left = 0 if (state.early_stopped or state.diverged) else max(cfg.max_epochs - state.epoch, 0)
+    epochs_left = 0 if finished_before else cfg.max_epochs - state.epoch
     energy_train = EnergyMeter("train", out_dir / "energy" / "train", device, enabled=cfg.energy,
                                epochs=max(epochs_left, 1), country=cfg.energy_country)
     if epochs_left:
@@ -226,7 +226,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
         state.memory_kind = memory.kind
         try:
             with memory:
-                while epochs_left and not (state.early_stopped or state.diverged) and state.epoch < cfg.max_epochs:
+                while not (state.early_stopped or state.diverged) and state.epoch < cfg.max_epochs:
                     _train_epoch(cfg, state, step_model, optimizer, scaler, resolved, loaders, energy_train, memory,
                                  stop)
                     logger.info("%s", epoch_line(state, cfg))
@@ -256,8 +256,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
         raise TrainingInterrupted("SIGTERM during the test evaluation; training is complete in last.pt")
 
     # ---- record ---------------------------------------------------------------------------------------------------
-    memory_record = memory_block(state, model, optimizer, gradients_measured, inference_memory,
-                                 optimizer_bytes=optimizer_bytes)
+    memory_record = memory_block(state, model, gradients_measured, inference_memory, optimizer_bytes)
     metrics = metrics_record(cfg, state, resolved, model, input_size, test_block, memory_record, inference_block,
                              energy_train, energy_inference, inputs)
     write_csv(out_dir / "epochs.csv", EPOCH_COLUMNS, state.history)
@@ -325,9 +324,12 @@ def _max_or_none(*values):
 
 
 def _save_epoch(cfg, state, model, optimizer, scaler, input_size, fingerprint, last_path, best_path) -> None:
+    def payload(full: bool) -> dict:
+        return checkpoint_payload(cfg, state, model, optimizer, scaler, input_size, fingerprint, full=full)
+
     if state.best_epoch == state.epoch and not state.diverged:
-        save_atomically(checkpoint_payload(cfg, state, model, optimizer, scaler, input_size, fingerprint, full=False), best_path)
-    save_atomically(checkpoint_payload(cfg, state, model, optimizer, scaler, input_size, fingerprint, full=True), last_path)
+        save_atomically(payload(full=False), best_path)
+    save_atomically(payload(full=True), last_path)
     # epochs.csv follows the checkpoint, so progress can be watched while the job runs
     write_csv(last_path.parent / "epochs.csv", EPOCH_COLUMNS, state.history)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from leanmed.atomic import atomic_path, write_text_atomically
-from leanmed.train.measure import gradient_bytes, optimizer_state_bytes, parameter_bytes, provenance
+from leanmed.train.measure import parameter_bytes, provenance
 from leanmed.train.models import get_model_spec, has_pretrained_weights
 from leanmed.train.weights import describe as describe_cached_weights
 
@@ -138,13 +138,12 @@ DEFINITIONS = {
 
 
 
-def memory_block(state, model, optimizer, gradients_measured, inference_memory, optimizer_bytes=None) -> dict:
-    """The memory block. ``optimizer_bytes``: the optimiser state measured before the job released it for the
-    inference phase (None: measured from ``optimizer`` now)."""
+def memory_block(state, model, gradients_measured, inference_memory, optimizer_bytes: int) -> dict:
+    """The memory block. ``gradients_measured``: bytes of the gradients after a training step (None when no step ran
+    in this process); ``optimizer_bytes``: the optimiser state, both measured before the job released them for the
+    inference phase."""
     notes = []
     gradients = gradients_measured
-    if gradients is None:
-        gradients = gradient_bytes(model)
     if gradients is None:
         # No step ran in this process (a resumed job whose training had finished): a gradient always has its
         # parameter's shape and dtype, so its size is the parameters' size.
@@ -166,7 +165,7 @@ def memory_block(state, model, optimizer, gradients_measured, inference_memory, 
         "inference_start_bytes": inference_memory.start_bytes if inference_memory is not None else None,
         "weights_bytes": parameter_bytes(model),
         "gradients_bytes": int(gradients),
-        "optimizer_state_bytes": optimizer_bytes if optimizer_bytes is not None else optimizer_state_bytes(optimizer),
+        "optimizer_state_bytes": optimizer_bytes,
         "note": "; ".join(notes) if notes else None,
     }
 
