@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import yaml
 
+from leanmed.report.aggregate import run_dir
 from leanmed.study import training_runs
 
 _LOGGED_LINE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}", re.MULTILINE)
@@ -72,7 +73,8 @@ def load_config(configfiles: Sequence[str | Path] = (), root: str | Path = ".") 
 
 # ---------------------------------------------------------------------------------------------------- one run
 def _run_path(root: Path, run: Mapping) -> Path:
-    return root / str(run["dataset"]) / str(run["model"]) / str(run["setting"]) / f"s{run['scale']}" / f"seed{run['seed']}"
+    """The run's folder (or, with a suffix added, its log or benchmark file) under `root`."""
+    return run_dir(root, run["dataset"], run["model"], run["setting"], run["scale"], run["seed"])
 
 
 def _epoch_rows(path: Path) -> list[dict]:
