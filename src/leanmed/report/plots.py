@@ -58,9 +58,82 @@ def _seed_counts(groups: pd.DataFrame) -> str:
     return f"{span(groups['accuracy_n'])} of {span(groups['n_expected'])} expected seeds"
 
 
-def _setting_colours(settings: list[str]) -> dict[str, tuple]:
+# Each setting gets its own colour, marker and dash pattern, so that two settings with the same values stay
+# distinguishable where one line lies on the other (and in grey print).
+SETTING_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+SETTING_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (5, 3, 1, 3)))
+# Two settings "coincide" when their drawn values differ by at most this at every point (accuracy or a normalised
+# value in [0, 1]): half the last digit of the three decimals the tables print, so they would look the same there.
+COINCIDE_TOLERANCE = 5e-4
+# Horizontal offset between neighbouring settings in the downsampling figure, in log2 units of S (2**0.05 = 3.5%):
+# enough to separate the markers of coinciding lines, small against the factor 2 between scales.
+DODGE_LOG2_STEP = 0.05
+
+
+def setting_styles(settings: list[str]) -> dict[str, dict]:
+    """setting -> matplotlib keyword arguments (color, marker, linestyle), distinct for every setting listed."""
     palette = matplotlib.colormaps["tab10"]
-    return {setting: palette(index % 10) for index, setting in enumerate(settings)}
+    return {
+        setting: {"color": palette(index % 10), "marker": SETTING_MARKERS[index % len(SETTING_MARKERS)],
+                  "linestyle": SETTING_DASHES[index % len(SETTING_DASHES)]}
+        for index, setting in enumerate(settings)
+    }
+
+
+def _curves_coincide(first: tuple, second: tuple, tolerance: float) -> bool:
+    x_first, y_first = (np.asarray(values, dtype=float) for values in first)
+    x_second, y_second = (np.asarray(values, dtype=float) for values in second)
+    if x_first.shape != x_second.shape or not np.array_equal(x_first, x_second):
+        return False
+    both_missing = np.isnan(y_first) & np.isnan(y_second)
+    if both_missing.all():
+        return False  # nothing drawn for either: nothing to hide
+    with np.errstate(invalid="ignore"):
+        close = np.abs(y_first - y_second) <= tolerance
+    return bool(np.all(close | both_missing))
+
+
+def coinciding_settings(curves: dict[str, tuple], tolerance: float = COINCIDE_TOLERANCE) -> dict[str, list[str]]:
+    """setting -> the other settings whose curve lies on its own, in the order given.
+
+    ``curves`` maps a setting to (x, y) of what is drawn for it; two curves coincide when they have the same x and
+    their y differ by at most ``tolerance`` at every point (a value missing from both counts as equal).
+    """
+    return {
+        setting: [other for other in curves if other != setting
+                  and _curves_coincide(curves[setting], curves[other], tolerance)]
+        for setting in curves
+    }
+
+
+def coincidence_label(setting: str, coinciding: dict[str, list[str]]) -> str:
+    """"fp32 (= 8bit)" where fp32's line lies on 8bit's, else the setting's name."""
+    others = coinciding.get(setting, [])
+    return f"{setting} (= {' = '.join(others)})" if others else setting
+
+
+def coincidence_note(coinciding: dict[str, list[str]], where: str,
+                     shown: str = "drawn with distinct markers and dashes so each stays visible") -> str:
+    """"fp32 and 8bit coincide (...)." for each group of coinciding settings, or "" when none do."""
+    groups = []
+    for setting, others in coinciding.items():
+        group = [setting, *others]
+        if others and not any(set(group) == set(seen) for seen in groups):
+            groups.append(group)
+    if not groups:
+        return ""
+    names = "; ".join(", ".join(group[:-1]) + " and " + group[-1] for group in groups)
+    return f"{names} coincide (equal within {COINCIDE_TOLERANCE:g} {where}): {shown}."
+
+
+def coinciding_points(names: list[str], cost: np.ndarray, accuracy: np.ndarray) -> dict[str, list[str]]:
+    """name -> the other points drawn at the same place: accuracy within COINCIDE_TOLERANCE, cost within 0.1%."""
+    return {
+        name: [other for j, other in enumerate(names) if j != i
+               and abs(accuracy[i] - accuracy[j]) <= COINCIDE_TOLERANCE
+               and math.isclose(cost[i], cost[j], rel_tol=1e-3)]
+        for i, name in enumerate(names)
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,8 +188,9 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
 
     Accuracy is divided by the best setting's accuracy; each cost is the lowest setting's cost divided by this
     setting's (so 1 = cheapest, 0.5 = twice the cheapest). Axis labels give the raw range. A setting with a
-    missing value has a gap at that axis and says so in the legend; diverged seeds draw a dashed line and a
-    ``*`` in the legend; a setting without any finished run is listed in the legend without a polygon.
+    missing value has a gap at that axis and says so in the legend; diverged seeds draw hollow markers and a
+    ``*`` in the legend; a setting without any finished run is listed in the legend without a polygon. Every
+    setting has its own marker and dash pattern; polygons that coincide say so in the legend ("fp32 (= 8bit)").
     """
     groups = group_summary(summary, dataset=dataset, scale=scale)
     groups = groups[groups["model"] == model]
@@ -133,7 +207,12 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
         data[f"{column}_normalised"] = normalise_for_radar(groups[column].astype(float), larger_is_better)
 
     angles = np.linspace(0, 2 * np.pi, len(RADAR_AXES), endpoint=False)
-    colours = _setting_colours(settings)
+    styles = setting_styles(settings)
+    normalised_columns = [f"{column}_normalised" for column, *_ in RADAR_AXES]
+    coinciding = coinciding_settings({
+        row["setting"]: (angles, row[normalised_columns].to_numpy(dtype=float))
+        for _, row in data.iterrows() if row["n_finished"] > 0
+    })
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(7.5, 6.5))
         axes = figure.add_subplot(projection="polar")
@@ -141,10 +220,10 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
         axes.set_theta_direction(-1)
         for _, row in data.iterrows():
             setting = row["setting"]
-            values = np.array([row[f"{column}_normalised"] for column, *_ in RADAR_AXES], dtype=float)
-            label = setting
+            values = row[normalised_columns].to_numpy(dtype=float)
+            label = coincidence_label(setting, coinciding)
             if row["n_finished"] == 0:
-                axes.plot([], [], color=colours[setting], linestyle=":", label=f"{setting}: no finished run")
+                axes.plot([], [], color=styles[setting]["color"], linestyle=":", label=f"{setting}: no finished run")
                 continue
             missing_axes = [name for (column, name, *_), v in zip(RADAR_AXES, values) if not np.isfinite(v)]
             if row["n_diverged"] > 0:
@@ -157,11 +236,13 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
                 label += " — missing: " + ", ".join(name.replace("$", "") for name in missing_axes)
             closed_angles = np.r_[angles, angles[:1]]
             closed_values = np.r_[values, values[:1]]
-            linestyle = "--" if row["n_diverged"] > 0 else "-"
-            axes.plot(closed_angles, closed_values, color=colours[setting], linestyle=linestyle, marker="o",
-                      linewidth=1.6, label=label)
+            marker_face = "none" if row["n_diverged"] > 0 else styles[setting]["color"]
+            # A polygon that later ones lie on is drawn wider, with larger markers, so it shows around them.
+            covered_by = sum(settings.index(other) > settings.index(setting) for other in coinciding.get(setting, []))
+            axes.plot(closed_angles, closed_values, **styles[setting], markerfacecolor=marker_face,
+                      linewidth=1.6 + 1.6 * covered_by, markersize=6 + 4 * covered_by, label=label)
             if np.isfinite(values).all():
-                axes.fill(closed_angles, closed_values, color=colours[setting], alpha=0.12)
+                axes.fill(closed_angles, closed_values, color=styles[setting]["color"], alpha=0.12)
         axis_labels = []
         for column, name, unit, _ in RADAR_AXES:
             text = f"{name}\n{_range_text(data[column], unit)}"
@@ -188,7 +269,8 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
                                     zip(data["setting"], data["accuracy_n"], data["n_expected"]))
             + ". " + energy_description(groups) + " Memory = "
             f"{describe_memory_kinds(groups)}, GB = 1e9 bytes. T = inference over the whole test set. "
-            f"Device: {describe_devices(groups)}.",
+            f"Device: {describe_devices(groups)}. Hollow markers: a seed diverged. "
+            + coincidence_note(coinciding, "on every axis"),
         )
         figure.subplots_adjust(bottom=0.2)
         _save(figure, out_png, out_pdf)
@@ -204,7 +286,10 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
     """Test accuracy against the downsampling factor S (log2 axis), one line per setting.
 
     The line joins the per-scale means in order of S, as measured; the band is mean ± sample std over seeds
-    (drawn where two or more seeds finished). Points where a seed diverged carry an extra ``x`` marker.
+    (drawn where two or more seeds finished). Points where a seed diverged carry an extra ``x`` marker. Each
+    setting has its own marker and dash pattern and is drawn slightly offset along S (``x_drawn`` in the data;
+    the tick marks stay at the measured S), so that lines with equal values stay visible side by side; settings
+    whose means coincide at every S say so in the legend ("fp32 (= 8bit)") and the footnote.
     """
     groups = group_summary(summary, dataset=dataset)
     groups = groups[groups["model"] == model]
@@ -213,7 +298,13 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
     if groups.empty:
         raise ValueError(f"no runs for {dataset}/{model}")
     ordered_settings = order_settings(groups["setting"])
-    colours = _setting_colours(ordered_settings)
+    styles = setting_styles(ordered_settings)
+    curves = {}
+    for setting in ordered_settings:
+        # Ordered by the x value S only: the measured accuracies are never reordered.
+        rows = groups[groups["setting"] == setting].sort_values("scale", kind="stable")
+        curves[setting] = (rows["scale"].astype(int).to_numpy(), rows["accuracy_mean"].astype(float).to_numpy())
+    coinciding = coinciding_settings(curves)
     # How S was applied (pooled then upsampled, or a smaller input) is recorded per run as run.downsample_mode.
     runs = summary[(summary["dataset"].astype(str) == str(dataset)) & (summary["model"] == model)]
     modes = runs["run_downsample_mode"].dropna().astype(str).unique() if "run_downsample_mode" in runs else []
@@ -223,25 +314,26 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(6.5, 4.8))
         axes = figure.add_subplot()
-        for setting in ordered_settings:
-            # Ordered by the x value S only: the measured accuracies are never reordered.
+        for index, setting in enumerate(ordered_settings):
             rows = groups[groups["setting"] == setting].sort_values("scale", kind="stable")
-            x = rows["scale"].astype(int).to_numpy()
-            mean = rows["accuracy_mean"].astype(float).to_numpy()
+            x, mean = curves[setting]
+            # Settings spread symmetrically around the measured S; multiplicative because the axis is log2.
+            x_drawn = x * 2.0 ** (DODGE_LOG2_STEP * (index - (len(ordered_settings) - 1) / 2))
             std = rows["accuracy_std"].astype(float).to_numpy()
             n = rows["accuracy_n"].astype(int).to_numpy()
-            label = f"{setting} (n = {'/'.join(str(v) for v in sorted(set(n)))} seeds)"
-            axes.plot(x, mean, marker="o", color=colours[setting], label=label)
+            label = (f"{coincidence_label(setting, coinciding)} "
+                     f"(n = {'/'.join(str(v) for v in sorted(set(n)))} seeds)")
+            axes.plot(x_drawn, mean, **styles[setting], label=label)
             band = np.isfinite(std)
             if band.any():
-                axes.fill_between(x, np.where(band, mean - std, np.nan), np.where(band, mean + std, np.nan),
-                                  color=colours[setting], alpha=0.18, linewidth=0)
+                axes.fill_between(x_drawn, np.where(band, mean - std, np.nan), np.where(band, mean + std, np.nan),
+                                  color=styles[setting]["color"], alpha=0.18, linewidth=0)
             diverged = rows["n_diverged"].to_numpy() > 0
             if diverged.any():
-                axes.plot(x[diverged], mean[diverged], linestyle="none", marker="x", markersize=10,
-                          color=colours[setting])
+                axes.plot(x_drawn[diverged], mean[diverged], linestyle="none", marker="x", markersize=10,
+                          color=styles[setting]["color"])
             plotted.append(rows[["setting", "scale", "accuracy_mean", "accuracy_std", "accuracy_n", "n_expected",
-                                 "n_diverged"]])
+                                 "n_diverged"]].assign(x_drawn=x_drawn))
         if groups["n_diverged"].sum() > 0:
             axes.plot([], [], linestyle="none", marker="x", color="black", label="* a seed diverged")
         axes.set_xscale("log", base=2)
@@ -258,7 +350,8 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
             f"Lines join the means over finished seeds at each S ({_seed_counts(groups)} per point); bands: ± "
             f"sample standard deviation (ddof=1) where at least two seeds finished. Test accuracy at the "
             f"best-validation checkpoint. Downsampling mode: {downsample_modes}. "
-            f"Device: {describe_devices(groups)}.",
+            f"Device: {describe_devices(groups)}. Settings are drawn slightly apart along S; ticks mark the measured "
+            "S. " + coincidence_note(coinciding, "at every S"),
         )
         figure.subplots_adjust(bottom=0.22)
         _save(figure, out_png, out_pdf)
@@ -287,7 +380,8 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
     """Accuracy against energy (or training time when energy is missing), marker area for peak memory.
 
     Filled markers: non-dominated on all four objectives (accuracy, energy/time, memory, inference time);
-    hollow: dominated. The step line is the front of the two plotted objectives only.
+    hollow: dominated. The step line is the front of the two plotted objectives only. Pairs drawn at the same
+    place (``coincides_with`` in the data) share one label, "a/x = a/y", and the footnote names them.
     """
     if front_df.empty:
         raise ValueError("empty Pareto table")
@@ -307,6 +401,10 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
         else 40.0 + 360.0 * m / largest_memory
         for m in memory
     ]
+    pair_names = [f"{m}/{s}" for m, s in zip(plottable["model"], plottable["setting"])]
+    coinciding = coinciding_points(pair_names, plottable[cost_column].astype(float).to_numpy(),
+                                   plottable["accuracy_mean"].astype(float).to_numpy())
+    plottable["coincides_with"] = [" ".join(coinciding[name]) for name in pair_names]
     models = list(dict.fromkeys(front_df["model"]))
     palette = matplotlib.colormaps["tab10"]
     colours = {model: palette(index % 10) for index, model in enumerate(models)}
@@ -315,12 +413,18 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(7.5, 5.5))
         axes = figure.add_subplot()
-        for _, row in plottable.iterrows():
+        labelled = set()
+        # Largest markers first, so that a smaller one at the same place is drawn on top of it.
+        for _, row in plottable.sort_values("marker_area", ascending=False, kind="stable").iterrows():
             non_dominated = row["non_dominated"] is True or row["non_dominated"] == "True"
             colour = colours[row["model"]]
             axes.scatter(row[cost_column], row["accuracy_mean"], s=row["marker_area"], edgecolors=[colour],
                          facecolors=[colour] if non_dominated else ["none"], linewidths=1.5, zorder=3)
             point_label = f"{row['model']}/{row['setting']}"
+            if point_label in labelled:
+                continue  # already named in the label of a pair at the same place
+            labelled.update([point_label, *coinciding[point_label]])
+            point_label = " = ".join([point_label, *coinciding[point_label]])
             if estimated_energy and row["energy_n_estimated"] > 0:
                 point_label += " (est.)"
             axes.annotate(point_label, (row[cost_column], row["accuracy_mean"]),
@@ -351,6 +455,7 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
         )
         if estimated_energy:
             note += " " + energy_description(front_df)
+        note += " " + coincidence_note(coinciding, "in accuracy, 0.1% in the plotted cost", "one label names them all")
         if not left_out.empty:
             note += " Not plotted (value missing): " + ", ".join(
                 f"{m}/{s}" for m, s in zip(left_out["model"], left_out["setting"])
