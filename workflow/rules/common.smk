@@ -405,8 +405,13 @@ def training_gpus():
 
 
 # ---------------------------------------------------------------- report
+def comparison_tables():
+    """The paired comparison with fp32 of every dataset (rule compare_to_baseline), which rule findings reads."""
+    return [f"{RESULTS}/stats/{dataset}_vs_fp32.csv" for dataset in DATASETS]
+
+
 def final_outputs():
-    outputs = [f"{RESULTS}/summary.csv", f"{RESULTS}/deployment/cpu_inference.md"]
+    outputs = [f"{RESULTS}/summary.csv", f"{RESULTS}/findings.md", f"{RESULTS}/deployment/cpu_inference.md"]
     for dataset in DATASETS:
         outputs += expand(f"{RESULTS}/tables/{dataset}.{{ext}}", ext=["csv", "md", "tex"])
         outputs += expand(f"{RESULTS}/stats/{dataset}_vs_fp32.{{ext}}", ext=["csv", "md"])

@@ -184,3 +184,22 @@ rule cpu_deployment:
         "../../envs/leanmed.yaml"
     script:
         "../scripts/cpu_deployment.py"
+
+
+rule findings:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+        comparisons=comparison_tables(),
+    output:
+        md=report(
+            f"{RESULTS}/findings.md",
+            caption="../report/findings.rst",
+            category="Summary",
+            labels={"table": "findings in words"},
+        ),
+    log:
+        f"{LOGS}/report/findings.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    script:
+        "../scripts/findings.py"

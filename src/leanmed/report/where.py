@@ -1,9 +1,12 @@
-"""Print where a finished study's tables and figures are (the last step of `make demo`)."""
+"""Print where a finished study's tables and figures are, then its findings in words (the last step of `make demo`)."""
 import sys
 from pathlib import Path
 
+from leanmed.report.findings import FINDINGS_FILE
+
 SECTIONS = (
     ("Summary of every run", "summary.csv"),
+    ("Findings in words", FINDINGS_FILE),
     ("Paper tables (CSV, Markdown, LaTeX)", "tables/*"),
     ("Radar plots", "figures/radar_*.png"),
     ("Downsampling curves", "figures/downsampling_*.png"),
@@ -26,9 +29,18 @@ def describe_outputs(results_dir):
     return lines
 
 
+def findings_lines(results_dir):
+    """The findings text that rule findings wrote (what the results say), or a line saying it is not there yet."""
+    path = Path(results_dir) / FINDINGS_FILE
+    if not path.is_file():
+        return ["", f"No findings yet ({path} is written once every comparison with fp32 is)."]
+    return ["", *path.read_text().rstrip("\n").splitlines()]
+
+
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
-    print("\n".join(describe_outputs(args[0] if args else "results")))
+    results_dir = args[0] if args else "results"
+    print("\n".join(describe_outputs(results_dir) + findings_lines(results_dir)))
 
 
 if __name__ == "__main__":
