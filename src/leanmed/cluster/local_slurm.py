@@ -309,15 +309,19 @@ def start(state_dir: Path | None = None, gpus: int = 2, cpus: int | None = None,
     if not all(_pid(layout, daemon) for daemon in DAEMONS):
         stop(layout.root)  # what is left of an earlier start that died half-way
         write_files(layout, gpus, cpus, memory_mb)
-    _link_system_conf(layout)
-    _start_daemon(layout, "munged", [
-        "munged", "--force", f"--key-file={layout.munge_key}", f"--socket={layout.munge_socket}",
-        f"--pid-file={layout.pid_file('munged')}", f"--log-file={layout.log_file('munged')}",
-        f"--seed-file={layout.munge_key.parent / 'munged.seed'}",
-    ])
-    # -c: a clean start, no jobs kept from an earlier run of this cluster.
-    _start_daemon(layout, "slurmctld", ["slurmctld", "-c", "-f", str(layout.slurm_conf)])
-    _start_daemon(layout, "slurmd", ["slurmd", "-f", str(layout.slurm_conf)])
+    try:
+        _link_system_conf(layout)
+        _start_daemon(layout, "munged", [
+            "munged", "--force", f"--key-file={layout.munge_key}", f"--socket={layout.munge_socket}",
+            f"--pid-file={layout.pid_file('munged')}", f"--log-file={layout.log_file('munged')}",
+            f"--seed-file={layout.munge_key.parent / 'munged.seed'}",
+        ])
+        # -c: a clean start, no jobs kept from an earlier run of this cluster.
+        _start_daemon(layout, "slurmctld", ["slurmctld", "-c", "-f", str(layout.slurm_conf)])
+        _start_daemon(layout, "slurmd", ["slurmd", "-f", str(layout.slurm_conf)])
+    except ClusterError:
+        stop(layout.root)  # no daemon of a half-started cluster is left running
+        raise
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = node_state(layout)
