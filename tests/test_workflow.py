@@ -103,6 +103,23 @@ def test_every_output_exists_with_sane_values(tiny_study):
     assert (deployment.filter(like="latency").iloc[:, 0] > 0).all()
 
 
+def test_findings_name_every_setting_and_open_the_report(tiny_study):
+    """results/findings.md says, per dataset and model, how each setting did against fp32; the report's front page
+    (the workflow description) carries the same text."""
+    results = tiny_study / "results"
+    text = (results / "findings.md").read_text()
+    for dataset, entry in TINY_STUDY["datasets"].items():
+        assert f"Dataset {dataset}, S=1" in text
+        model = entry["models"][0]
+        section = text.split(f"**{dataset} / {model}**")[1].split("**")[0]
+        assert "- fp32 (baseline): test accuracy " in section
+        assert "- amp_8bit: " in section
+        assert any(verdict in section for verdict in ("non-inferior", "possible degradation", "inconclusive",
+                                                      "no verdict"))
+    report = (results / "report.html").read_text()
+    assert "Dataset rsna, S=1" in report and "<li>amp_8bit: " in report  # the bullets rendered as an HTML list
+
+
 def test_a_training_job_log_shows_its_progress_once_per_epoch(tiny_study):
     """The job log holds the start, one line per epoch with the time left, the end, and carbontracker's
     assumptions once in leanmed's words (energy is on in this study), none of its own duplicated warnings."""

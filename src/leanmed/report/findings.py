@@ -113,8 +113,9 @@ def baseline_text(base: pd.Series) -> str:
     energy = _number(base["energy_wh_mean"], "Wh")
     if energy != "n/a" and energy_is_estimated(base):
         energy += " (estimated)"
+    seeds = "seed" if base["n_expected"] == 1 else "seeds"
     return (f"test accuracy {_number(base['accuracy_mean'], '', '.3f').strip()} (mean over "
-            f"{int(base['accuracy_n'])} of {int(base['n_expected'])} seeds), peak training memory "
+            f"{int(base['accuracy_n'])} of {int(base['n_expected'])} {seeds}), peak training memory "
             f"{_number(base['train_peak_bytes_mean'] / GIGABYTE, 'GB')}, time to convergence "
             f"{_number(base['time_to_best_s_mean'], 's')}, training energy {energy}")
 
@@ -166,8 +167,8 @@ def model_findings(runs: pd.DataFrame, groups: pd.DataFrame, comparison: pd.Data
     return lines + run_problems(runs, scale)
 
 
-def dataset_introduction(comparison: pd.DataFrame, baseline: str) -> list[str]:
-    """How to read the bullets of one dataset: what is compared, with which interval and margin."""
+def introduction(comparison: pd.DataFrame, baseline: str) -> list[str]:
+    """How to read the bullets: what is compared, with which interval and margin (one config value for all)."""
     text = (f"Each setting against the same model's {baseline} run. Test accuracy pooled over the seeds both "
             f"finished; difference = setting - {baseline}")
     if not comparison.empty and "confidence" in comparison and comparison["confidence"].notna().any():
@@ -194,12 +195,12 @@ def findings_markdown(summary: pd.DataFrame, comparisons: Iterable[pd.DataFrame]
     main_study = summary[summary["scale"].astype(int) == int(scale)]
     if main_study.empty:
         return "\n".join(lines + [f"No runs at S={scale} in the summary.", ""])
+    lines += introduction(comparison, baseline)
     for dataset in dict.fromkeys(main_study["dataset"].astype(str)):
         of_dataset = comparison[comparison["dataset"].astype(str) == dataset] if not comparison.empty else comparison
         runs = summary[summary["dataset"].astype(str) == dataset]
         groups = group_summary(summary, dataset=dataset, scale=scale)
         lines += _title(f"Dataset {dataset}, S={scale}", "-")
-        lines += dataset_introduction(of_dataset, baseline)
         for model in dict.fromkeys(groups["model"]):
             lines += [f"**{dataset} / {model}**", ""]
             lines += model_findings(runs[runs["model"] == model], groups[groups["model"] == model], of_dataset,
