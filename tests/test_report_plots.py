@@ -131,6 +131,20 @@ def legend_texts(axes):
     return [text.get_text() for text in axes.get_legend().get_texts()]
 
 
+def footnote(result):
+    """The figure's footnote as one line (it is wrapped to the figure's width)."""
+    return " ".join(text.get_text() for text in result.figure.texts).replace("\n", " ")
+
+
+def fp32_equal_to_8bit(peak_gb_8bit=4.0):
+    """Summary rows where fp32 and 8bit measured the same accuracy and energy, and amp differs."""
+    return pd.DataFrame([row(setting, seed, accuracy, energy_wh=energy_wh, peak_gb=peak_gb)
+                         for seed in SEEDS
+                         for setting, accuracy, energy_wh, peak_gb in (("fp32", 0.80, 100.0, 4.0),
+                                                                      ("8bit", 0.80, 100.0, peak_gb_8bit),
+                                                                      ("amp", 0.78, 60.0, 2.0))])
+
+
 def drawn_lines(axes):
     """setting -> its drawn Line2D (legend entries only; helper lines such as diverged markers start with _)."""
     return {line.get_label().split(" ")[0]: line for line in axes.get_lines() if not line.get_label().startswith("_")}
@@ -165,8 +179,7 @@ def test_downsampling_keeps_coinciding_settings_visible_and_says_so(tmp_path):
     assert any(text.startswith("fp32 (= 8bit)") for text in legend)
     assert any(text.startswith("8bit (= fp32)") for text in legend)
     assert any(text.startswith("amp (n = 3 seeds)") for text in legend)  # amp differs: no note
-    footnote = " ".join(text.get_text() for text in result.figure.texts)
-    assert "fp32 and 8bit coincide" in footnote.replace("\n", " ")
+    assert "fp32 and 8bit coincide" in footnote(result)
 
 
 def test_nearly_equal_settings_coincide_but_different_ones_do_not(tmp_path):
@@ -182,16 +195,11 @@ def test_downsampling_without_coinciding_settings_has_no_note(tmp_path):
     summary = downsampling_rows({"fp32": {1: 0.70, 2: 0.68}, "amp": {1: 0.71, 2: 0.68}})
     result = plots.downsampling(summary, "rsna", "densenet121", tmp_path / "ds.png", tmp_path / "ds.pdf")
     assert not any("(=" in text for text in legend_texts(result.axes))
-    assert "coincide" not in " ".join(text.get_text() for text in result.figure.texts)
+    assert "coincide" not in footnote(result)
 
 
 def test_radar_keeps_coinciding_polygons_visible_and_says_so(tmp_path):
-    rows = []
-    for seed in SEEDS:
-        rows.append(row("fp32", seed, 0.80, energy_wh=100.0, peak_gb=4.0))
-        rows.append(row("8bit", seed, 0.80, energy_wh=100.0, peak_gb=4.0))
-        rows.append(row("amp", seed, 0.78, energy_wh=60.0, peak_gb=2.0))
-    result = plots.radar(pd.DataFrame(rows), "rsna", "densenet121", tmp_path / "r.png", tmp_path / "r.pdf")
+    result = plots.radar(fp32_equal_to_8bit(), "rsna", "densenet121", tmp_path / "r.png", tmp_path / "r.pdf")
 
     lines = drawn_lines(result.axes)
     assert set(lines) == {"fp32", "amp", "8bit"}
@@ -199,19 +207,14 @@ def test_radar_keeps_coinciding_polygons_visible_and_says_so(tmp_path):
     assert list(lines["fp32"].get_ydata()) == pytest.approx(list(lines["8bit"].get_ydata()))
     legend = legend_texts(result.axes)
     assert legend == ["fp32 (= 8bit)", "amp", "8bit (= fp32)"]
-    assert "fp32 and 8bit coincide" in " ".join(text.get_text() for text in result.figure.texts).replace("\n", " ")
+    assert "fp32 and 8bit coincide" in footnote(result)
 
 
 def test_pareto_scatter_names_pairs_drawn_at_the_same_place(tmp_path):
-    rows = []
-    for seed in SEEDS:
-        rows.append(row("fp32", seed, 0.80, energy_wh=100.0, peak_gb=4.0))
-        rows.append(row("8bit", seed, 0.80, energy_wh=100.0, peak_gb=2.0))
-        rows.append(row("amp", seed, 0.79, energy_wh=50.0, peak_gb=2.0))
-    result = plots.pareto_scatter(pareto.pareto_front(pd.DataFrame(rows), "rsna"), tmp_path / "p.png",
-                                  tmp_path / "p.pdf")
+    # 8bit needs less memory than fp32 (a smaller marker at the same place).
+    result = plots.pareto_scatter(pareto.pareto_front(fp32_equal_to_8bit(peak_gb_8bit=2.0), "rsna"),
+                                  tmp_path / "p.png", tmp_path / "p.pdf")
     labels = [text.get_text() for text in result.axes.texts]
     assert sorted(labels) == ["densenet121/amp", "densenet121/fp32 = densenet121/8bit"]
     assert len(result.axes.collections) >= 3  # one marker per pair, the coinciding ones included
-    assert "densenet121/fp32 and densenet121/8bit coincide" in " ".join(
-        text.get_text() for text in result.figure.texts).replace("\n", " ")
+    assert "densenet121/fp32 and densenet121/8bit coincide" in footnote(result)
