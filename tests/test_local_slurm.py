@@ -95,6 +95,9 @@ def test_a_pid_file_counts_only_for_a_live_process_of_that_name(tmp_path):
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         layout.pid_file("sleep").write_text(str(sleeper.pid))
+        deadline = time.monotonic() + 5
+        while local_slurm._pid(layout, "sleep") is None and time.monotonic() < deadline:  # until it has exec'd sleep
+            time.sleep(0.05)
         assert local_slurm._pid(layout, "sleep") == sleeper.pid
         sleeper.kill()
         deadline = time.monotonic() + 5
