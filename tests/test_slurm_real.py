@@ -78,17 +78,17 @@ def cluster():
         local_slurm.stop(layout.root)
 
 
-def slurm(*argv: str) -> str:
+def slurm(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     process = subprocess.run(argv, capture_output=True, text=True, timeout=30,
                              env=dict(os.environ, **local_slurm.Layout(local_slurm.default_state_dir()).environment()))
-    assert process.returncode == 0, f"{' '.join(argv)}: {process.stderr}"
-    return process.stdout
+    assert process.returncode == 0 or not check, f"{' '.join(argv)}: {process.stderr}"
+    return process
 
 
 def scontrol_show(kind: str, *ids: str) -> list[dict[str, str]]:
     """`scontrol show <kind>` as one dict per entity (`--oneliner`: key=value pairs)."""
     entities = []
-    for line in slurm("scontrol", "--oneliner", "show", kind, *ids).splitlines():
+    for line in slurm("scontrol", "--oneliner", "show", kind, *ids).stdout.splitlines():
         if line.strip():
             entities.append(dict(re.findall(r"(\S+?)=(\S*)", line)))
     return entities
@@ -96,7 +96,7 @@ def scontrol_show(kind: str, *ids: str) -> list[dict[str, str]]:
 
 def queue() -> list[dict[str, str]]:
     """This cluster's jobs (running, pending and finished ones): id, comment (which rule), state, reason."""
-    lines = slurm("squeue", "--noheader", "--states=all", "--format=%i|%k|%T|%r").splitlines()
+    lines = slurm("squeue", "--noheader", "--states=all", "--format=%i|%k|%T|%r").stdout.splitlines()
     return [dict(zip(("id", "comment", "state", "reason"), line.split("|"))) for line in lines if line.strip()]
 
 
@@ -114,21 +114,23 @@ def prepare(workdir: Path) -> Path:
 
 def drive(workdir: Path, controller: subprocess.Popen, timeout_s: float) -> dict:
     """While the study runs: requeue the seed-1 training job once it has two epochs (and release it at once: SLURM
-    holds a requeued job for two minutes), cancel the first attempt of the seed-2 training job once it runs."""
+    holds a requeued job for two minutes), cancel the first attempt of the seed-2 training job once it runs.
+    A request SLURM turns down for the moment (a job still being launched) is made again at the next look."""
     events: dict = {}
     deadline = time.monotonic() + timeout_s
     while controller.poll() is None and time.monotonic() < deadline:
         jobs = queue()
         for job in jobs:
             if job["comment"] == comment_of(FAILING) and job["state"] == "RUNNING" and "cancelled" not in events:
-                slurm("scancel", job["id"])
-                events["cancelled"] = job["id"]
-                events["running_at_cancel"] = {j["comment"]: j["state"] for j in jobs}
+                if slurm("scancel", job["id"], check=False).returncode == 0:
+                    events["cancelled"] = job["id"]
+                    events["running_at_cancel"] = {j["comment"]: j["state"] for j in jobs}
             if job["comment"] == comment_of(PREEMPTED):
                 if job["state"] == "RUNNING" and "requeued" not in events and epochs_done(workdir, PREEMPTED) >= 2:
-                    slurm("scontrol", "requeue", job["id"])
-                    events["requeued"] = job["id"]
-                    events["epochs_before_requeue"] = epochs_done(workdir, PREEMPTED)
+                    epochs = epochs_done(workdir, PREEMPTED)
+                    if slurm("scontrol", "requeue", job["id"], check=False).returncode == 0:
+                        events["requeued"] = job["id"]
+                        events["epochs_before_requeue"] = epochs
                 if job["id"] == events.get("requeued") and job["state"] == "PENDING" and job["reason"] == "BeginTime":
                     slurm("scontrol", "update", f"jobid={job['id']}", "StartTime=now")
                     events["released"] = True
