@@ -5,6 +5,10 @@ They go first on PATH; each records its arguments in the file named by $STANDIN_
 (the plugin's --wrap command: Snakemake's jobstep executor, then srun, then the job) before it prints the job id, so
 the outputs are real and sacct reports COMPLETED. The study is tiny (generated LIDC data, one small model, two seeds,
 CPU training), but its training jobs take the `gpu` resource (gpus_per_job: 1) as the real study's do.
+
+tests/test_slurm_real.py runs the profile on a real one-node SLURM (where one can start: root). These stand-ins keep
+what that cluster cannot show, and run anywhere: account and partition as filled in (no accounting there to check an
+account), a job ending OUT_OF_MEMORY and its retry, status queries through sacct, and the sbatch flags of every job.
 """
 import json
 import os
