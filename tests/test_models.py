@@ -23,7 +23,7 @@ def test_registry_has_the_paper_models_and_small_ones():
     assert set(PAPER_MODELS) == {
         "densenet121", "efficientnetv2_rw_m", "swinv2_base_window8_256", "vit_base_patch32_plus_256", "mlp"
     }
-    assert {"test_resnet", "test_vit", "test_efficientnet", "mlp_small"} <= set(MODELS)
+    assert {"test_resnet", "test_vit", "test_efficientnet", "test_byobnet", "mlp_small"} <= set(MODELS)
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)
@@ -40,7 +40,7 @@ def test_mlp_layout_at_256():
     assert count_parameters("mlp", 256) == 65536 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32 + 32 * 16 + 16 + 16 + 1
 
 
-@pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_efficientnet", "mlp_small"])
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_efficientnet", "test_byobnet", "mlp_small"])
 @pytest.mark.parametrize("size", [32, 64])
 def test_small_models_take_one_channel_and_give_one_logit(name, size):
     torch.manual_seed(0)

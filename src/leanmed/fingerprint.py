@@ -19,7 +19,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The package files each step's results depend on (paths relative to src/leanmed). A step's fingerprint changes
 # when any of them changes; files outside its group do not rerun it.
 CODE_GROUPS: dict[str, tuple[str, ...]] = {
-    "demo": ("demo.py",),
+    # The generators (not their command line or the calibration check, which write no data).
+    "demo": ("demo/rsna.py", "demo/mammogram.py", "demo/lidc.py", "demo/sampling.py"),
     "rsna_cohort": ("data/rsna.py",),
     # Pixels of a converted mammogram: decoding, VOI/LUT, crop, resize, PNG writing.
     "dicom_preprocessing": ("data/dicom.py", "data/openjpeg.py", "data/png.py"),

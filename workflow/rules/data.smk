@@ -13,6 +13,7 @@ if DEMO:
             f"{BENCHMARKS}/demo_data.tsv"
         conda:
             "../../envs/leanmed.yaml"
+        threads: 2
         params:
             demo=config["demo"],
             code=code_version("demo"),

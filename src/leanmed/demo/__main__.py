@@ -1,0 +1,7 @@
+"""``python -m leanmed.demo``."""
+
+import sys
+
+from leanmed.demo.cli import main
+
+sys.exit(main())
