@@ -43,10 +43,11 @@ def test_without_gpus_the_node_has_no_gres(tmp_path):
     assert "Gres" not in text and local_slurm.gres_conf(Layout(tmp_path), "node1", 0) == ""
 
 
-def test_write_files_uses_the_machines_cpus_and_memory_unless_given(tmp_path):
+def test_write_files_uses_the_machines_cpus_and_memory_at_least_the_minimum_unless_given(tmp_path):
     layout = Layout(tmp_path / "state")
     local_slurm.write_files(layout, gpus=2, cpus=None, memory_mb=None)
     cpus, memory_mb = local_slurm.machine_resources()
+    cpus, memory_mb = max(cpus, local_slurm.MIN_NODE_CPUS), max(memory_mb, local_slurm.MIN_NODE_MEMORY_MB)
     node = conf_settings(layout.slurm_conf.read_text())["NodeName"]
     assert f"CPUs={cpus} RealMemory={memory_mb} Gres=gpu:2" in node
     assert sorted(path.name for path in layout.gpu_files.iterdir()) == ["gpu0", "gpu1"]

@@ -33,8 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 REQUIRE_ENV = "LEANMED_REQUIRE_SLURM"
 # The profile asks 16 GB per training job (32 GB on a retry) and 12 GB for lidc_labels; the node declares at least
 # this much (memory is recorded, not reserved: jobs share the machine) and CPUs for two training jobs at once.
-NODE_MEMORY_MB = 64000
-NODE_CPUS = 4
+NODE_MEMORY_MB = local_slurm.MIN_NODE_MEMORY_MB  # the profile asks 16 GB per training job, 32 GB on a retry
+NODE_CPUS = local_slurm.MIN_NODE_CPUS
 STATUS_LINE = "# slurm-status-command: squeue"
 MODEL = "test_resnet"  # a small CNN: epochs of a tenth of a second or more, so the requeue lands mid-training
 STUDY = {
@@ -59,10 +59,9 @@ def cluster():
     required = os.environ.get(REQUIRE_ENV) == "1"
     layout = local_slurm.Layout(local_slurm.default_state_dir())
     already_running = local_slurm.is_ready(local_slurm.status(layout.root))
-    cpus, memory_mb = local_slurm.machine_resources()
     started = time.monotonic()
     try:
-        local_slurm.start(layout.root, cpus=max(cpus, NODE_CPUS), memory_mb=max(memory_mb, NODE_MEMORY_MB))
+        local_slurm.start(layout.root)  # a node of this machine's size, at least NODE_CPUS and NODE_MEMORY_MB
     except local_slurm.ClusterError as error:
         message = f"real-SLURM tests: the local SLURM cannot start here: {error}"
         if required:
@@ -71,8 +70,11 @@ def cluster():
     print(f"local SLURM {'reused' if already_running else 'started'} in {time.monotonic() - started:.1f} s")
     node = scontrol_show("node")[0]
     if int(node["RealMemory"]) < NODE_MEMORY_MB or int(node["CPUTot"]) < NODE_CPUS:
-        pytest.skip(f"real-SLURM tests: the running local SLURM in {layout.root} has a node smaller than "
-                    f"{NODE_CPUS} CPUs / {NODE_MEMORY_MB} MB; stop it (python -m leanmed.cluster.local_slurm stop)")
+        message = (f"real-SLURM tests: the running local SLURM in {layout.root} has a node smaller than "
+                   f"{NODE_CPUS} CPUs / {NODE_MEMORY_MB} MB; stop it (python -m leanmed.cluster.local_slurm stop)")
+        if required:
+            pytest.fail(f"{message} ({REQUIRE_ENV}=1)")
+        pytest.skip(message)
     yield layout
     if not already_running:
         local_slurm.stop(layout.root)

@@ -98,6 +98,13 @@ def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
 
 
+#: The smallest node `start` declares unless told otherwise: profiles/slurm asks 16 GB for a training job (32 GB on its
+#: retry) and the tests' training jobs 2-4 CPUs, and SLURM refuses at sbatch a job asking more than the node has.
+#: Memory is recorded, not reserved (no cgroups), so a smaller machine still runs such jobs.
+MIN_NODE_CPUS = 4
+MIN_NODE_MEMORY_MB = 64000
+
+
 def machine_resources() -> tuple[int, int]:
     """(CPUs, memory in MB) of this machine: what `nproc` and /proc/meminfo say."""
     cpus = len(os.sched_getaffinity(0))
@@ -248,7 +255,9 @@ def write_files(layout: Layout, gpus: int, cpus: int | None, memory_mb: int | No
     layout.munge_key.chmod(0o400)
     for index in range(gpus):
         (layout.gpu_files / f"gpu{index}").touch()
-    layout.slurm_conf.write_text(slurm_conf(layout, node, cpus or found_cpus, memory_mb or found_memory_mb, gpus))
+    cpus = cpus or max(found_cpus, MIN_NODE_CPUS)
+    memory_mb = memory_mb or max(found_memory_mb, MIN_NODE_MEMORY_MB)
+    layout.slurm_conf.write_text(slurm_conf(layout, node, cpus, memory_mb, gpus))
     layout.gres_conf.write_text(gres_conf(layout, node, gpus))
 
 
@@ -375,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"the cluster's files (default ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})")
     parser.add_argument("--gpus", type=int, default=2, help="placeholder GPUs of the node (default 2)")
-    parser.add_argument("--cpus", type=int, default=None, help="CPUs of the node (default: this machine's)")
-    parser.add_argument("--memory-mb", type=int, default=None, help="memory of the node (default: this machine's)")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help=f"CPUs of the node (default: this machine's, at least {MIN_NODE_CPUS})")
+    parser.add_argument("--memory-mb", type=int, default=None,
+                        help=f"memory of the node (default: this machine's, at least {MIN_NODE_MEMORY_MB})")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing packages")
     args = parser.parse_args(argv)
     layout = Layout(Path(args.state_dir or default_state_dir()))
