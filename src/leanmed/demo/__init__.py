@@ -20,6 +20,7 @@ Command line::
     python -m leanmed.demo lidc OUT.pickle --patients N --patches P --seed S
 """
 
+from leanmed.demo.cli import main
 from leanmed.demo.lidc import LIDC_RATER_FRACTIONS, LIDC_UID_ROOT, generate_lidc
 from leanmed.demo.mammogram import MAX_12_BIT, RsnaDifficulty
 from leanmed.demo.rsna import (
@@ -57,10 +58,3 @@ __all__ = [
     "generate_rsna",
     "main",
 ]
-
-
-def main(argv=None) -> int:
-    """Command line entry point (``python -m leanmed.demo``); returns the exit status."""
-    from leanmed.demo.cli import main as cli_main
-
-    return cli_main(argv)

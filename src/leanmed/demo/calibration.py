@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from leanmed.data.dicom import area_resize, crop_to_breast, fitted_size, pad_to_square
 from leanmed.data.images import downsample
 from leanmed.demo.mammogram import RsnaDifficulty, draw_subject_appearance, mammogram_pixels
+from leanmed.demo.rsna import RSNA_BENIGN_SHARE_OF_NEGATIVES
 
 #: Views drawn per subject (one of each breast, as the smallest real examinations have).
 VIEWS = (("L", "CC"), ("R", "MLO"))
@@ -63,7 +64,8 @@ def training_images(
     for subject_index in range(n_subjects):
         followup = bool(rng.random() < followup_fraction)
         appearance = draw_subject_appearance(rng, followup, difficulty)
-        birads = 0.0 if followup else float(rng.choice([1.0, 2.0], p=[2 / 3, 1 / 3]))
+        benign = RSNA_BENIGN_SHARE_OF_NEGATIVES
+        birads = 0.0 if followup else float(rng.choice([1.0, 2.0], p=[1 - benign, benign]))
         for laterality, view in VIEWS:
             pixels, tissue_level = mammogram_pixels(
                 rng, shape[0], shape[1], laterality, view, birads, appearance, difficulty
