@@ -299,11 +299,11 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
         raise ValueError(f"no runs for {dataset}/{model}")
     ordered_settings = order_settings(groups["setting"])
     styles = setting_styles(ordered_settings)
-    curves = {}
-    for setting in ordered_settings:
-        # Ordered by the x value S only: the measured accuracies are never reordered.
-        rows = groups[groups["setting"] == setting].sort_values("scale", kind="stable")
-        curves[setting] = (rows["scale"].astype(int).to_numpy(), rows["accuracy_mean"].astype(float).to_numpy())
+    # Ordered by the x value S only: the measured accuracies are never reordered.
+    rows_of = {setting: groups[groups["setting"] == setting].sort_values("scale", kind="stable")
+               for setting in ordered_settings}
+    curves = {setting: (rows["scale"].astype(int).to_numpy(), rows["accuracy_mean"].astype(float).to_numpy())
+              for setting, rows in rows_of.items()}
     coinciding = coinciding_settings(curves)
     # How S was applied (pooled then upsampled, or a smaller input) is recorded per run as run.downsample_mode.
     runs = summary[(summary["dataset"].astype(str) == str(dataset)) & (summary["model"] == model)]
@@ -315,7 +315,7 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
         figure = Figure(figsize=(6.5, 4.8))
         axes = figure.add_subplot()
         for index, setting in enumerate(ordered_settings):
-            rows = groups[groups["setting"] == setting].sort_values("scale", kind="stable")
+            rows = rows_of[setting]
             x, mean = curves[setting]
             # Settings spread symmetrically around the measured S; multiplicative because the axis is log2.
             x_drawn = x * 2.0 ** (DODGE_LOG2_STEP * (index - (len(ordered_settings) - 1) / 2))
