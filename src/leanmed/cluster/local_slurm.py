@@ -14,11 +14,11 @@ SLURM commands find it through SLURM_CONF=<state folder>/slurm.conf and a link /
 where the machine has no slurm.conf: the jobs' `srun` reads that path). Starting a running cluster does nothing;
 `stop` cancels its jobs, ends its three daemons and removes the link.
 
-The node has this machine's CPUs and memory, and `--gpus` (default 2) GPUs that are placeholder files: SLURM
-schedules `--gpus=1` jobs against them (two at a time with 2) but sets no CUDA_VISIBLE_DEVICES, so the jobs run on
-the CPU. Memory is not a consumable resource (SelectTypeParameters=CR_Core) and nothing is confined (no cgroups):
-SLURM checks each job's request against the node and records it (`scontrol show job`), but jobs share the machine.
-`--memory-mb`/`--cpus` above the real figures declare a bigger node, so a profile's larger requests are accepted.
+The node has this machine's CPUs and memory (at least MIN_NODE_CPUS and MIN_NODE_MEMORY_MB), and `--gpus` (default 2)
+GPUs that are placeholder files: SLURM schedules `--gpus=1` jobs against them (two at a time with 2) but sets no
+CUDA_VISIBLE_DEVICES, so the jobs run on the CPU. Memory is not a consumable resource (SelectTypeParameters=CR_Core)
+and nothing is confined (no cgroups): SLURM checks each job's request against the node and records it (`scontrol
+show job`), but jobs share the machine. `--memory-mb`/`--cpus` set other sizes of the node.
 There is no accounting database: `sacct` answers "accounting storage is disabled", so Snakemake must query job
 states with `squeue` (`slurm-status-command: squeue`, see docs/cluster.md). Finished jobs stay visible to squeue
 and `scontrol show job` for MinJobAge = 3600 s.
@@ -46,11 +46,13 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CONTROLLER_PORT = 6917
 NODE_PORT = 6918
 MIN_JOB_AGE_S = 3600
-# Where SLURM's commands look without SLURM_CONF. Snakemake's job step runs `srun` inside each job with SLURM_* variables
-# removed (SLURM_CONF too), so the jobs find this cluster only there: a link to the state folder's slurm.conf, made
-# only where no slurm.conf exists (a machine's own SLURM is never replaced) and removed by `stop`.
+# Where SLURM's commands look without SLURM_CONF. Snakemake's job step runs `srun` inside each job with SLURM_*
+# variables removed (SLURM_CONF too), so the jobs find this cluster only there: a link to the state folder's
+# slurm.conf, made only where no slurm.conf exists (a machine's own SLURM is never replaced) and removed by `stop`.
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 PARTITION = "local"
+# Node states (sinfo) in which the node takes jobs.
+READY_STATES = frozenset({"idle", "mixed", "allocated"})
 
 
 class ClusterError(RuntimeError):
@@ -111,6 +113,11 @@ def machine_resources() -> tuple[int, int]:
     with open("/proc/meminfo") as meminfo:
         total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
     return cpus, total_kb // 1024
+
+
+def node_name() -> str:
+    """The node's name in slurm.conf: this machine's short host name."""
+    return socket.gethostname().split(".")[0]
 
 
 def slurm_conf(layout: Layout, node: str, cpus: int, memory_mb: int, gpus: int) -> str:
@@ -212,7 +219,7 @@ def status(state_dir: Path | None = None) -> dict:
 
 
 def is_ready(report: dict) -> bool:
-    return all(report["daemons"].values()) and report["node"] in {"idle", "mixed", "allocated"}
+    return all(report["daemons"].values()) and report["node"] in READY_STATES
 
 
 def missing_commands() -> list[str]:
@@ -238,13 +245,14 @@ def install() -> None:
                 break
         else:
             return
-    raise ClusterError(f"apt-get could not install {' '.join(PACKAGES)}:\n{process.stdout[-2000:]}{process.stderr[-2000:]}")
+    raise ClusterError(f"apt-get could not install {' '.join(PACKAGES)}:\n"
+                       f"{process.stdout[-2000:]}{process.stderr[-2000:]}")
 
 
 def write_files(layout: Layout, gpus: int, cpus: int | None, memory_mb: int | None) -> None:
     """The state folder: munge key (kept across starts), slurm.conf, gres.conf, GPU placeholders, empty spool dirs."""
     found_cpus, found_memory_mb = machine_resources()
-    node = socket.gethostname().split(".")[0]
+    node = node_name()
     for folder in (layout.root, layout.munge_key.parent, layout.pid_file("x").parent, layout.log_file("x").parent,
                    layout.root / "ctld", layout.root / "spool", layout.gpu_files):
         folder.mkdir(parents=True, exist_ok=True)
@@ -334,10 +342,10 @@ def start(state_dir: Path | None = None, gpus: int = 2, cpus: int | None = None,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = node_state(layout)
-        if state in {"idle", "mixed", "allocated"}:
+        if state in READY_STATES:
             return layout
         if state in {"down", "drained", "draining"}:
-            _run(["scontrol", "update", f"nodename={socket.gethostname().split('.')[0]}", "state=resume"], layout)
+            _run(["scontrol", "update", f"nodename={node_name()}", "state=resume"], layout)
         time.sleep(0.5)
     report = status(layout.root)
     stop(layout.root)
@@ -404,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if is_ready(report) else 1
     started = time.monotonic()
     try:
-        start(layout.root, gpus=args.gpus, cpus=args.cpus, memory_mb=args.memory_mb, install_missing=not args.no_install)
+        start(layout.root, gpus=args.gpus, cpus=args.cpus, memory_mb=args.memory_mb,
+              install_missing=not args.no_install)
     except ClusterError as error:
         print(f"local SLURM could not start: {error}", file=sys.stderr)
         return 1
