@@ -14,6 +14,7 @@ from scipy.ndimage import uniform_filter
 
 from leanmed import demo
 from leanmed.data.dicom import preprocess
+from leanmed.demo import cli as demo_cli
 from leanmed.demo.calibration import image_features
 
 RSNA_SHAPE = (256, 208)  # rows, columns: small enough to keep the module fast
@@ -408,14 +409,14 @@ def test_lidc_is_deterministic_from_its_seed(lidc, tmp_path):
 def test_command_line_writes_both_datasets(tmp_path, capsys):
     rsna_arguments = ["rsna", str(tmp_path / "rsna"), "--patients", "3", "--height", "64", "--width", "48"]
     rsna_arguments += ["--seed", "2"]
-    assert demo.main(rsna_arguments) == 0
+    assert demo_cli.main(rsna_arguments) == 0
     table = pd.read_csv(tmp_path / "rsna" / "train.csv")
     assert table["patient_id"].nunique() == 3
     row = table.iloc[0]
     ds = pydicom.dcmread(tmp_path / "rsna" / "train_images" / str(row["patient_id"]) / f"{row['image_id']}.dcm")
     assert ds.pixel_array.shape == (64, 48)
 
-    assert demo.main(["lidc", str(tmp_path / "lidc.pickle"), "--patients", "2", "--patches", "3", "--seed", "2"]) == 0
+    assert demo_cli.main(["lidc", str(tmp_path / "lidc.pickle"), "--patients", "2", "--patches", "3", "--seed", "2"]) == 0
     with open(tmp_path / "lidc.pickle", "rb") as handle:
         assert len(pickle.load(handle)) == 6
     printed = capsys.readouterr().out

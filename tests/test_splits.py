@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from leanmed.data import splits
+from leanmed.markdown import markdown_table
 
 
 def make_frame(n_subjects: int, positive_subject_share: float = 0.33, seed: int = 0) -> pd.DataFrame:
@@ -195,5 +196,5 @@ def test_write_split_csv_refuses_leaks_and_bad_values(tmp_path, big_split):
 
 
 def test_markdown_table_escapes_pipes_and_formats_floats():
-    table = splits.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [0.12345], "c": [float("nan")]}))
+    table = markdown_table(pd.DataFrame({"a": ["x|y"], "b": [0.12345], "c": [float("nan")]}))
     assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| x\\|y | 0.123 |  |"]

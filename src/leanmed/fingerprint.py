@@ -8,6 +8,7 @@ reusing a result made another way. See docs/architecture.md, "The contract".
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -16,41 +17,81 @@ from typing import Iterable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-# The package files each step's results depend on (paths relative to src/leanmed). A step's fingerprint changes
-# when any of them changes; files outside its group do not rerun it.
-CODE_GROUPS: dict[str, tuple[str, ...]] = {
+# The modules each step runs (paths relative to src/leanmed). A step's code is these and every leanmed module they
+# import, directly or through others (`code_files`): a fingerprint changes when any of them changes, and an import
+# added later is followed without editing this table. Files outside a step's code do not rerun it.
+STEP_MODULES: dict[str, tuple[str, ...]] = {
     # The generators (not their command line or the calibration check, which write no data).
-    "demo": ("demo/rsna.py", "demo/mammogram.py", "demo/lidc.py", "demo/sampling.py"),
+    "demo": ("demo/rsna.py", "demo/lidc.py"),
     "rsna_cohort": ("data/rsna.py",),
     # Pixels of a converted mammogram: decoding, VOI/LUT, crop, resize, PNG writing.
-    "dicom_preprocessing": ("data/dicom.py", "data/openjpeg.py", "data/png.py"),
+    "dicom_preprocessing": ("data/dicom.py", "data/png.py"),
     "lidc_from_ct": ("data/lidc_ct.py",),
     "lidc_labels": ("data/lidc.py", "data/png.py"),
     "split": ("data/splits.py",),
+    # Every module of leanmed.train (the loop, the settings' optimisers and precisions, measurement, resume), the
+    # image loading and the metrics.
+    "training": (
+        *sorted(f"train/{path.name}" for path in (PACKAGE_DIR / "train").glob("*.py")),
+        "data/images.py",
+        "metrics.py",
+    ),
 }
 
+#: Imported, yet no part of a step's results: how a file is written (atomically), how fingerprints are computed, and
+#: the package's top ``__init__.py`` (its docstring and version number; the version is recorded apart).
+CONTENT_NEUTRAL_MODULES = frozenset({"atomic.py", "fingerprint.py", "__init__.py"})
+
+#: Left out of one step's code on purpose. Training: what a job takes from the registry (its setting's and model's
+#: entries) is a rerun trigger of its own, so editing one setting reruns only that setting's jobs.
+EXCLUDED_FROM_STEP = {"training": frozenset({"train/registry.py"})}
 
 
-def _training_files() -> tuple[str, ...]:
-    """The code a training job runs: every module of leanmed.train but the registry (what a job takes from it, its
-    setting's and model's entries, is a rerun trigger of its own, so editing one setting reruns only its jobs), the
-    image loading and the metrics."""
-    train = sorted(f"train/{path.name}" for path in (PACKAGE_DIR / "train").glob("*.py") if path.name != "registry.py")
-    return (*train, "data/images.py", "metrics.py")
+def imported_modules(path: str) -> set[str]:
+    """The leanmed files (paths relative to src/leanmed) that importing the module at ``path`` and running it load:
+    the modules it imports anywhere in its code, functions included, and their packages' ``__init__.py``."""
+    tree = ast.parse((PACKAGE_DIR / path).read_text(encoding="utf-8"), filename=path)
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "leanmed":
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names if alias.name.split(".")[0] == "leanmed"]
+    found = set()
+    for name in names:
+        relative = "/".join(name.split(".")[1:])
+        for candidate in (f"{relative}.py", f"{relative}/__init__.py"):
+            if relative and (PACKAGE_DIR / candidate).is_file():
+                found.add(candidate)
+    parts = path.split("/")[:-1]
+    found |= {"/".join([*parts[:depth], "__init__.py"]) for depth in range(len(parts) + 1)}
+    return found
 
 
-CODE_GROUPS["training"] = _training_files()
+def code_files(group: str) -> tuple[str, ...]:
+    """The package files of one step (sorted): its STEP_MODULES and all leanmed modules they import, transitively,
+    less CONTENT_NEUTRAL_MODULES and the step's EXCLUDED_FROM_STEP."""
+    try:
+        pending = list(STEP_MODULES[group])
+    except KeyError:
+        raise KeyError(f"unknown code group {group!r}; known: {', '.join(STEP_MODULES)}") from None
+    excluded = CONTENT_NEUTRAL_MODULES | EXCLUDED_FROM_STEP.get(group, frozenset())
+    files: set[str] = set()
+    while pending:
+        path = pending.pop()
+        if path in files or path in excluded:
+            continue
+        files.add(path)
+        pending += imported_modules(path)
+    return tuple(sorted(files))
+
 
 _HEX_DIGITS = 16
 
 
 def code_version(group: str) -> str:
-    """sha256 (first 16 hex digits) of the names and bytes of the package files in CODE_GROUPS[group]."""
-    try:
-        files = CODE_GROUPS[group]
-    except KeyError:
-        raise KeyError(f"unknown code group {group!r}; known: {', '.join(CODE_GROUPS)}") from None
-    return files_version(PACKAGE_DIR / name for name in files)
+    """sha256 (first 16 hex digits) of the names and bytes of the package files of one step (`code_files`)."""
+    return files_version(PACKAGE_DIR / name for name in code_files(group))
 
 
 def files_version(paths: Iterable[str | os.PathLike]) -> str:

@@ -186,7 +186,7 @@ def conversion_memory_mb(wildcards, threads):
     return 400 * threads + 600
 
 
-# Fingerprints of the package code behind each data step (leanmed.fingerprint.CODE_GROUPS). Snakemake's code trigger
+# Fingerprints of the package code behind each data step (leanmed.fingerprint.code_files). Snakemake's code trigger
 # sees only a rule's script, not the package it imports: passed as params, they rerun a step when its code changes.
 PREPROCESSING_CODE_VERSION = code_version("dicom_preprocessing")
 RSNA_COHORT_CODE_VERSION = code_version("rsna_cohort")
@@ -281,7 +281,7 @@ def downsampling_settings(wildcards):
     return settings
 
 
-# Hash of the package code a training job runs (leanmed.fingerprint.CODE_GROUPS["training"]): Snakemake's code
+# Hash of the package code a training job runs (leanmed.fingerprint.code_files("training")): Snakemake's code
 # trigger sees only the script file, not the package it imports; as a param it reruns training when that code changes.
 TRAINING_CODE_VERSION = code_version("training")
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from leanmed.atomic import write_text_atomically
-from leanmed.data.splits import markdown_table
+from leanmed.markdown import markdown_table
 
 # Columns the cohort needs; a train.csv without any of them is rejected.
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "image_id", "laterality", "view", "age", "BIRADS")

@@ -6,8 +6,6 @@ a subject with any positive image counts as positive), so each split gets about 
 
 The split is a pure function of the set of (subject, label) pairs, the fractions and the seed: the row order of the
 input frame does not change it.
-
-This module also holds the small file writers the data modules share (atomic text writes, Markdown tables).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from leanmed.atomic import write_text_atomically
+from leanmed.markdown import markdown_table
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 
@@ -33,26 +32,6 @@ _FRACTION_SUM_TOLERANCE = 1e-6
 class SplitError(ValueError):
     """The split cannot be made or written as asked: bad fractions, too few subjects, or a frame that breaks the
     split contract. The message names the config key or the column at fault."""
-
-
-def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
-    """Render `frame` as a GitHub Markdown table (header, separator, one line per row; no index).
-
-    Floats are formatted with `float_format`, missing values are left empty and `|` inside cells is escaped so
-    that free-text cells cannot break the table.
-    """
-
-    def cell(value: object) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-            return ""
-        if isinstance(value, (float, np.floating)):
-            return float_format.format(value)
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(str(column) for column in frame.columns) + " |"
-    separator = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, separator, *rows]) + "\n"
 
 
 def validate_fractions(fractions: Sequence[float] | Mapping[str, float]) -> tuple[float, float, float]:

@@ -14,13 +14,12 @@ Two generators:
 Both are deterministic from their seed: the same seed gives a byte-identical ``train.csv``, identical DICOM files and
 an identical pickle. Nothing is downloaded.
 
-Command line::
+Command line (leanmed.demo.cli; not imported here, so that the generators' code fingerprint leaves it out)::
 
     python -m leanmed.demo rsna OUT_DIR --patients N --height H --width W --seed S
     python -m leanmed.demo lidc OUT.pickle --patients N --patches P --seed S
 """
 
-from leanmed.demo.cli import main
 from leanmed.demo.lidc import LIDC_RATER_FRACTIONS, LIDC_UID_ROOT, generate_lidc
 from leanmed.demo.mammogram import MAX_12_BIT, RsnaDifficulty
 from leanmed.demo.rsna import (
@@ -56,5 +55,4 @@ __all__ = [
     "TRANSFER_SYNTAX_UIDS",
     "generate_lidc",
     "generate_rsna",
-    "main",
 ]

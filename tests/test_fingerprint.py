@@ -1,0 +1,85 @@
+"""The code fingerprint of a step covers every leanmed module the step runs, found by following its imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from leanmed import fingerprint
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A small leanmed-like package tree: step.py imports helper (inside a function) and atomic; helper imports
+    deep; unrelated.py is imported by nobody."""
+    files = {
+        "__init__.py": "",
+        "atomic.py": "def write(): pass\n",
+        "step.py": "from leanmed import atomic\n\ndef run():\n    from leanmed.sub.helper import value\n    return value\n",
+        "sub/__init__.py": "",
+        "sub/helper.py": "import leanmed.sub.deep\nvalue = 1\n",
+        "sub/deep.py": "import numpy\nCONSTANT = 2\n",
+        "unrelated.py": "x = 3\n",
+    }
+    for relative, text in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr(fingerprint, "STEP_MODULES", {"step": ("step.py",)})
+    monkeypatch.setattr(fingerprint, "EXCLUDED_FROM_STEP", {})
+    return tmp_path
+
+
+def test_code_files_follow_imports_transitively_but_not_content_neutral_modules(package):
+    assert fingerprint.code_files("step") == ("step.py", "sub/__init__.py", "sub/deep.py", "sub/helper.py")
+
+
+def test_an_edit_two_imports_away_changes_the_fingerprint_and_an_unrelated_one_does_not(package):
+    before = fingerprint.code_version("step")
+    (package / "unrelated.py").write_text("x = 4\n")
+    (package / "atomic.py").write_text("def write(): return None\n")
+    assert fingerprint.code_version("step") == before
+    (package / "sub/deep.py").write_text("import numpy\nCONSTANT = 3\n")
+    assert fingerprint.code_version("step") != before
+
+
+def test_unknown_group_names_the_known_ones():
+    with pytest.raises(KeyError, match="unknown code group 'nope'.*training"):
+        fingerprint.code_version("nope")
+
+
+def test_registry_stays_out_of_training_and_lidc_from_ct_covers_the_pickle_format():
+    training = fingerprint.code_files("training")
+    assert "train/registry.py" not in training
+    assert {"train/loop.py", "train/job.py", "data/images.py", "metrics.py"} <= set(training)
+    # The CT builder writes the pickle format that data/lidc.py defines: editing it must redo the pickle.
+    assert "data/lidc.py" in fingerprint.code_files("lidc_from_ct")
+    # The cohort's report uses the Markdown table helper only, not the split's code.
+    assert "data/splits.py" not in fingerprint.code_files("rsna_cohort")
+
+
+@pytest.mark.parametrize("group", sorted(fingerprint.STEP_MODULES))
+def test_every_module_a_step_loads_at_run_time_is_in_its_code(group):
+    """Import the step's modules in a fresh interpreter: every leanmed file then loaded is in the step's code or
+    deliberately left out."""
+    modules = [
+        "leanmed." + path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for path in fingerprint.STEP_MODULES[group]
+    ]
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(json.dumps([m.__file__ for n, m in sys.modules.items()"
+        " if n.startswith('leanmed') and getattr(m, '__file__', None)]))\n"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                                       text=True).stdout)
+    package_dir = str(fingerprint.PACKAGE_DIR) + "/"
+    relative = {path.removeprefix(package_dir) for path in loaded}
+    allowed = set(fingerprint.code_files(group)) | fingerprint.CONTENT_NEUTRAL_MODULES
+    allowed |= fingerprint.EXCLUDED_FROM_STEP.get(group, frozenset()) | {"__init__.py"}
+    assert relative - allowed == set()
