@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         started = time.perf_counter()
         files = generate(folder / "dicom", args.images)
-        from leanmed.data.dicom import parse_j2k_header
+        from leanmed.data.dicom_decode import parse_j2k_header
 
         ds = pydicom.dcmread(files["j2k"][0])
         header = parse_j2k_header(next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))

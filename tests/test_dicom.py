@@ -1,4 +1,5 @@
-"""Tests of leanmed.data.dicom: decoding, VOI lookup table, crop/pad/resize and errors.
+"""Tests of leanmed.data.dicom and its parts (dicom_decode, dicom_display, breast): decoding, VOI lookup table,
+crop/pad/resize and errors.
 
 Test DICOMs are written here with pydicom (and imagecodecs for the codecs pydicom cannot encode); the cross-checks
 use pydicom's own sample files, read from its package directory (`get_testdata_files` would try to download the
@@ -34,7 +35,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from leanmed.data import dicom
+from leanmed.data import breast, dicom, dicom_decode, dicom_display
 
 SAMPLES = Path(DATA_ROOT) / "test_files"
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -147,7 +148,7 @@ ROUND_TRIP_SYNTAXES = [
 def test_lossless_round_trip(tmp_path, transfer_syntax):
     pixels = np.random.default_rng(1).integers(0, 4096, size=(48, 40), dtype=np.uint16)
     path = write_dicom(tmp_path / "image.dcm", pixels, transfer_syntax)
-    decoded = dicom.read_dicom(path)
+    decoded = dicom_decode.read_dicom(path)
     assert decoded.transfer_syntax == transfer_syntax
     assert decoded.pixels.shape == pixels.shape
     np.testing.assert_array_equal(decoded.pixels, pixels)
@@ -157,14 +158,14 @@ def test_lossless_round_trip(tmp_path, transfer_syntax):
 def test_signed_round_trip_rle(tmp_path):
     pixels = np.random.default_rng(2).integers(-2048, 2048, size=(32, 30), dtype=np.int16)
     path = write_dicom(tmp_path / "signed.dcm", pixels, RLELossless)
-    np.testing.assert_array_equal(dicom.read_dicom(path).pixels, pixels)
+    np.testing.assert_array_equal(dicom_decode.read_dicom(path).pixels, pixels)
 
 
 @pytest.mark.parametrize("transfer_syntax", [JPEG2000, JPEGLSNearLossless], ids=lambda uid: uid.name)
 def test_lossy_syntaxes_match_pydicom(tmp_path, transfer_syntax):
     pixels = synthetic_breast(64, 48)
     path = write_dicom(tmp_path / "lossy.dcm", pixels, transfer_syntax)
-    ours = dicom.read_dicom(path).pixels
+    ours = dicom_decode.read_dicom(path).pixels
     reference = pydicom_pixel_array(path)  # pylibjpeg: openjpeg / libjpeg wrappers, not imagecodecs
     np.testing.assert_array_equal(ours.astype(np.int64), reference.astype(np.int64))
     if transfer_syntax == JPEGLSNearLossless:
@@ -204,7 +205,7 @@ def test_samples_decode_like_an_independent_decoder(name, plugin):
     path = sample(name)
     ds = pydicom.dcmread(path)
     reference = pydicom_pixel_array(ds, decoding_plugin=plugin)
-    ours = dicom.read_dicom(path).pixels
+    ours = dicom_decode.read_dicom(path).pixels
     np.testing.assert_array_equal(stored_values(ours, ds), stored_values(reference, ds))
 
 
@@ -216,7 +217,7 @@ def test_colour_samples_decode_like_pydicom(name):
     """JPEG Lossless SV1 has no grey sample here: its cross-check uses the RGB one (libjpeg-turbo vs libjpeg)."""
     path = sample(name)
     reference = pydicom_pixel_array(path, decoding_plugin="pydicom" if "rle" in name else "pylibjpeg")
-    np.testing.assert_array_equal(dicom.read_dicom(path).pixels, reference)
+    np.testing.assert_array_equal(dicom_decode.read_dicom(path).pixels, reference)
 
 
 def pydicom_display(ds: Dataset) -> np.ndarray:
@@ -232,10 +233,10 @@ def pydicom_display(ds: Dataset) -> np.ndarray:
 
 def leanmed_display(path: Path, photometric: str | None = None) -> np.ndarray:
     """leanmed's single lookup table applied to the decoded file (optionally read as another photometric)."""
-    decoded = dicom.read_dicom(path)
+    decoded = dicom_decode.read_dicom(path)
     if photometric:
         decoded.dataset.PhotometricInterpretation = photometric
-    return np.take(dicom.voi_lut(decoded.dataset, dtype=np.float32), dicom.lut_indices(decoded.pixels))
+    return np.take(dicom_display.voi_lut(decoded.dataset, dtype=np.float32), dicom_display.lut_indices(decoded.pixels))
 
 
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "CT_small.dcm", "MR_small_jp2klossless.dcm"])
@@ -286,17 +287,17 @@ def test_pillow_reduced_decoder_gives_stored_values_on_samples():
     for name in ["MR_small_jp2klossless.dcm", "J2K_pixelrep_mismatch.dcm", "JPEG2000.dcm", "693_J2KI.dcm"]:
         ds = pydicom.dcmread(sample(name))
         frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
-        header = dicom.parse_j2k_header(frame)
-        via_pillow = dicom._decode_j2k_reduced(frame, header, reduce=0)
+        header = dicom_decode.parse_j2k_header(frame)
+        via_pillow = dicom_decode._decode_j2k_reduced(frame, header, reduce=0)
         np.testing.assert_array_equal(via_pillow, imagecodecs.jpeg2k_decode(frame), err_msg=name)
 
 
 def test_pillow_reduced_decoder_on_12_bit_unsigned():
     pixels = synthetic_breast(64, 48)
     frame = imagecodecs.jpeg2k_encode(pixels, level=0, codecformat="J2K", reversible=True, bitspersample=12)
-    header = dicom.parse_j2k_header(frame)
+    header = dicom_decode.parse_j2k_header(frame)
     assert (header.precision, header.signed, header.width, header.height) == (12, False, 48, 64)
-    np.testing.assert_array_equal(dicom._decode_j2k_reduced(frame, header, 0), pixels)
+    np.testing.assert_array_equal(dicom_decode._decode_j2k_reduced(frame, header, 0), pixels)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -308,14 +309,14 @@ def test_reduce_decodes_at_lower_resolution_and_is_clamped(tmp_path):
     pixels = synthetic_breast(256, 192)
     path = write_dicom(tmp_path / "j2k.dcm", pixels, JPEG2000Lossless)
     ds = pydicom.dcmread(path)
-    levels = dicom.parse_j2k_header(next(pydicom.encaps.generate_frames(ds.PixelData))).decomposition_levels
+    levels = dicom_decode.parse_j2k_header(next(pydicom.encaps.generate_frames(ds.PixelData))).decomposition_levels
     assert levels >= 2
-    half = dicom.read_dicom(path, reduce=1)
+    half = dicom_decode.read_dicom(path, reduce=1)
     assert half.reduce == 1 and half.pixels.shape == (128, 96)
     # The reduced image is a low-pass copy of the original: close to its 2x2 block means.
     block_means = pixels.reshape(128, 2, 96, 2).mean(axis=(1, 3))
     assert np.abs(half.pixels.astype(float) - block_means).mean() < 20
-    deepest = dicom.read_dicom(path, reduce=99)
+    deepest = dicom_decode.read_dicom(path, reduce=99)
     assert deepest.reduce == levels
     assert deepest.pixels.shape == (math.ceil(256 / 2**levels), math.ceil(192 / 2**levels))
 
@@ -326,10 +327,10 @@ def test_reduced_sizes_follow_openjpeg_for_any_image_size(shape):
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     pixels = (2000 + 1000 * np.sin(yy / 50) * np.cos(xx / 70)).astype(np.uint16)
     frame = imagecodecs.jpeg2k_encode(pixels, level=0, codecformat="J2K", reversible=True, bitspersample=12)
-    header = dicom.parse_j2k_header(frame)
+    header = dicom_decode.parse_j2k_header(frame)
     for reduce in range(1, header.decomposition_levels + 1):
         scale = 2**reduce
-        reduced = dicom._decode_j2k_reduced(frame, header, reduce)
+        reduced = dicom_decode._decode_j2k_reduced(frame, header, reduce)
         assert reduced.shape == (math.ceil(shape[0] / scale), math.ceil(shape[1] / scale))
         if reduce <= 3:  # low-pass sample k sits on full-resolution sample 2^r k (smooth image: nearly equal)
             assert np.abs(reduced.astype(int) - pixels[::scale, ::scale]).max() <= 12
@@ -338,7 +339,7 @@ def test_reduced_sizes_follow_openjpeg_for_any_image_size(shape):
 def test_reduce_is_ignored_for_other_syntaxes(tmp_path):
     pixels = synthetic_breast(64, 48)
     path = write_dicom(tmp_path / "sv1.dcm", pixels, JPEGLosslessSV1)
-    decoded = dicom.read_dicom(path, reduce=3)
+    decoded = dicom_decode.read_dicom(path, reduce=3)
     assert decoded.reduce == 0
     np.testing.assert_array_equal(decoded.pixels, pixels)
 
@@ -368,8 +369,8 @@ def test_exact_j2k_decodes_only_the_breast_box_and_equals_a_whole_decode(tmp_pat
     path = write_dicom(tmp_path / "j2k.dcm", pixels, JPEG2000Lossless, WindowCenter=2400, WindowWidth=3000)
     region, region_info = dicom.preprocess(path, image_size=128, path_mode="exact")
     whole, whole_info = whole_decode_preprocess(path, image_size=128, path_mode="exact")
-    assert region_info["decoder"] == dicom.DECODER_NAMES["jpeg2000_region"]
-    assert whole_info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and whole_info["decode_area"] is None
+    assert region_info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000_region"]
+    assert whole_info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000"] and whole_info["decode_area"] is None
     top, bottom, left, right = region_info["decode_area"]
     assert (bottom - top) * (right - left) < 0.7 * pixels.size  # the label and most background never decoded
     assert region_info["breast_box"] == whole_info["breast_box"]
@@ -387,7 +388,7 @@ def test_region_falls_back_to_a_whole_decode_when_the_breast_leaves_the_decoded_
     pixels[50:800, 300] = 2000  # from near the top down into the breast; too thin and dim to show when coarse
     path = write_dicom(tmp_path / "j2k.dcm", pixels, JPEG2000Lossless, WindowCenter=2400, WindowWidth=3000)
     image, info = dicom.preprocess(path, image_size=128, path_mode="exact")
-    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and info["decode_area"] is None
+    assert info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000"] and info["decode_area"] is None
     assert info["breast_box"][0] == 50  # the line is part of the box, as on a whole decode
     whole, whole_info = whole_decode_preprocess(path, image_size=128, path_mode="exact")
     assert info["breast_box"] == whole_info["breast_box"]
@@ -399,7 +400,7 @@ def test_region_needs_a_voi_else_the_whole_image_is_decoded(tmp_path, monkeypatc
     """Without a window the table is scaled by the whole image's range, which a region cannot give."""
     path = write_dicom(tmp_path / "j2k.dcm", synthetic_breast(1600, 1200, seed=7), JPEG2000Lossless)
     image, info = dicom.preprocess(path, image_size=64, path_mode="exact")
-    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and info["voi"]["voi"] != "window"
+    assert info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000"] and info["voi"]["voi"] != "window"
     np.testing.assert_array_equal(image, whole_decode_preprocess(path, image_size=64)[0])
 
 
@@ -409,7 +410,7 @@ def test_without_libopenjp2_the_whole_image_is_decoded(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(dicom.openjpeg, "available", lambda: False)
     image, info = dicom.preprocess(path, image_size=64)
-    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000"] and info["decode_area"] is None
+    assert info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000"] and info["decode_area"] is None
     np.testing.assert_array_equal(image, whole_decode_preprocess(path, image_size=64)[0])
 
 
@@ -442,7 +443,7 @@ def lut_dataset(**tags) -> Dataset:
 
 def test_linear_window_hand_computed():
     # c=100, w=50: 0 at or below 100-0.5-24.5=75, 1 above 124, ((x-99.5)/49+0.5) between
-    lut = dicom.voi_lut(lut_dataset(WindowCenter=100, WindowWidth=50), dtype=np.float32)
+    lut = dicom_display.voi_lut(lut_dataset(WindowCenter=100, WindowWidth=50), dtype=np.float32)
     assert lut[75] == 0.0
     assert lut[76] == pytest.approx((76 - 99.5) / 49 + 0.5)
     assert lut[100] == pytest.approx(0.5 / 49 + 0.5)
@@ -453,7 +454,7 @@ def test_linear_window_hand_computed():
 def test_linear_exact_and_rescale_hand_computed():
     ds = lut_dataset(WindowCenter=100, WindowWidth=50, VOILUTFunction="LINEAR_EXACT")
     ds.RescaleSlope, ds.RescaleIntercept = 2, -10
-    lut = dicom.voi_lut(ds, dtype=np.float32)
+    lut = dicom_display.voi_lut(ds, dtype=np.float32)
     assert lut[55] == pytest.approx(0.5)  # 2*55-10 = 100 = centre
     assert lut[60] == pytest.approx(0.7)  # x=110: (110-100)/50+0.5
     assert lut[42] == 0.0  # x=74 <= 75
@@ -461,14 +462,16 @@ def test_linear_exact_and_rescale_hand_computed():
 
 
 def test_sigmoid_hand_computed():
-    lut = dicom.voi_lut(lut_dataset(WindowCenter=1000, WindowWidth=400, VOILUTFunction="SIGMOID"), dtype=np.float32)
+    lut = dicom_display.voi_lut(
+        lut_dataset(WindowCenter=1000, WindowWidth=400, VOILUTFunction="SIGMOID"), dtype=np.float32
+    )
     assert lut[1000] == pytest.approx(0.5)
     assert lut[1100] == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-6)  # x = c + w/4
     assert lut[800] == pytest.approx(1 / (1 + math.exp(2)), rel=1e-6)  # x = c - w/2
 
 
 def test_first_of_several_windows_is_used():
-    lut = dicom.voi_lut(lut_dataset(WindowCenter=[100, 2000], WindowWidth=[50, 10]), dtype=np.float32)
+    lut = dicom_display.voi_lut(lut_dataset(WindowCenter=[100, 2000], WindowWidth=[50, 10]), dtype=np.float32)
     assert lut[100] == pytest.approx(0.5 / 49 + 0.5)
 
 
@@ -478,7 +481,7 @@ def test_voi_lut_sequence_takes_precedence():
     item.LUTData = [0, 85, 170, 255]
     ds = lut_dataset(WindowCenter=100, WindowWidth=50)
     ds.VOILUTSequence = [item]
-    lut = dicom.voi_lut(ds, dtype=np.float32)
+    lut = dicom_display.voi_lut(ds, dtype=np.float32)
     assert lut[9] == 0.0 and lut[10] == 0.0
     assert lut[11] == pytest.approx(85 / 255)
     assert lut[13] == 1.0 and lut[4000] == 1.0
@@ -486,16 +489,16 @@ def test_voi_lut_sequence_takes_precedence():
 
 def test_no_window_uses_image_range_else_stored_range():
     ds = lut_dataset()
-    lut = dicom.voi_lut(ds, stored_min=100, stored_max=300, dtype=np.float32)
+    lut = dicom_display.voi_lut(ds, stored_min=100, stored_max=300, dtype=np.float32)
     assert lut[100] == 0.0 and lut[200] == pytest.approx(0.5) and lut[300] == 1.0
-    full = dicom.voi_lut(ds, dtype=np.uint16)
-    assert full[0] == 0 and full[4095] == dicom.LUT_MAX
+    full = dicom_display.voi_lut(ds, dtype=np.uint16)
+    assert full[0] == 0 and full[4095] == dicom_display.LUT_MAX
 
 
 def test_monochrome1_inverted_so_tissue_is_bright():
     ds = lut_dataset(PhotometricInterpretation="MONOCHROME1", WindowCenter=2048, WindowWidth=4096)
-    lut = dicom.voi_lut(ds)
-    assert lut[0] == dicom.LUT_MAX and lut[4095] == 0
+    lut = dicom_display.voi_lut(ds)
+    assert lut[0] == dicom_display.LUT_MAX and lut[4095] == 0
 
 
 def test_monochrome1_image_comes_out_with_bright_tissue(tmp_path):
@@ -509,7 +512,7 @@ def test_monochrome1_image_comes_out_with_bright_tissue(tmp_path):
 
 def test_signed_patterns_index_the_same_entry_with_or_without_sign_extension():
     ds = lut_dataset(PixelRepresentation=1, WindowCenter=0, WindowWidth=100, VOILUTFunction="LINEAR_EXACT")
-    lut = dicom.voi_lut(ds, dtype=np.float32)
+    lut = dicom_display.voi_lut(ds, dtype=np.float32)
     sign_extended = np.array([-5], dtype=np.int16).view(np.uint16)[0]  # 0xFFFB
     twelve_bit = int(sign_extended) & 0x0FFF  # 0x0FFB: high bits left clear
     assert lut[sign_extended] == lut[twelve_bit] == pytest.approx(0.45)
@@ -525,7 +528,7 @@ def test_crop_finds_a_known_rectangle_and_ignores_a_label():
     image = rng.normal(500, 50, size=(1200, 900)).clip(0).astype(np.uint16)  # noisy background
     image[203:1001, 0:517] = 30000  # the breast
     image[1100:1130, 800:880] = 40000  # a bright label, smaller
-    crop = dicom.crop_to_breast(image)
+    crop = breast.crop_to_breast(image)
     assert crop.found
     assert crop.box == (203, 1001, 0, 517)
     assert crop.image.shape == (798, 517)
@@ -537,26 +540,26 @@ def test_crop_finds_an_ellipse_at_full_resolution():
     inside = ((yy - 1000) / 700.0) ** 2 + ((xx - 500) / 420.0) ** 2 <= 1
     image = np.where(inside, 50000, 1000).astype(np.uint16)
     rows, columns = (np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0)))
-    box, found, _ = dicom.find_breast(image)
+    box, found, _ = breast.find_breast(image)
     assert found
     assert box == (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1)
 
 
 def test_crop_of_blank_image_returns_it_unchanged():
     for blank in (np.zeros((300, 200), np.uint16), np.full((300, 200), 777, np.uint16)):
-        crop = dicom.crop_to_breast(blank)
+        crop = breast.crop_to_breast(blank)
         assert not crop.found and crop.box == (0, 300, 0, 200) and crop.image.shape == blank.shape
 
 
 def test_pad_to_square_never_stretches():
     image = np.arange(8, dtype=np.uint8).reshape(4, 2) + 1
-    square = dicom.pad_to_square(image, fill=0, anchor="left")
+    square = breast.pad_to_square(image, fill=0, anchor="left")
     assert square.shape == (4, 4)
     np.testing.assert_array_equal(square[:, :2], image)
     assert (square[:, 2:] == 0).all()
-    np.testing.assert_array_equal(dicom.pad_to_square(image, anchor="right")[:, 2:], image)
-    np.testing.assert_array_equal(dicom.pad_to_square(image, anchor="center")[:, 1:3], image)
-    wide = dicom.pad_to_square(image.T, anchor="left")  # wide images are centred vertically
+    np.testing.assert_array_equal(breast.pad_to_square(image, anchor="right")[:, 2:], image)
+    np.testing.assert_array_equal(breast.pad_to_square(image, anchor="center")[:, 1:3], image)
+    wide = breast.pad_to_square(image.T, anchor="left")  # wide images are centred vertically
     assert (wide[0] == 0).all() and (wide[3] == 0).all()
     np.testing.assert_array_equal(wide[1:3], image.T)
 
@@ -611,7 +614,7 @@ def test_write_png_is_atomic_and_round_trips(tmp_path):
 
 
 def expect_error(path, *words):
-    with pytest.raises(dicom.DicomError) as caught:
+    with pytest.raises(dicom_decode.DicomError) as caught:
         dicom.preprocess(path, image_size=32)
     message = str(caught.value)
     assert str(path) in message

@@ -1,8 +1,8 @@
 """leanmed's DICOM path on real files written by others: pydicom's installed test files and pydicom-data's
 (PyPI `pydicom-data`, a test extra: the NEMA compression set, LUT samples, a truncated JPEG 2000).
 
-- Every single-frame grey image gives a display image (`dicom.display_image`: leanmed's decode and its one lookup
-  table, before crop and resize) that agrees with pydicom's own chain (modality LUT, VOI, MONOCHROME1 inversion)
+- Every single-frame grey image gives a display image (`dicom_display.display_image`: leanmed's decode and its one
+  lookup table, before crop and resize) that agrees with pydicom's own chain (modality LUT, VOI, MONOCHROME1 inversion)
   at Pearson r >= 0.999. Colour and multi-frame files are skipped by name, and so are files pydicom itself cannot
   decode here (the reason is the skip message); files leanmed refuses by design (transfer syntaxes and Bits
   Allocated no mammography system writes) must be refused with a DicomError saying so.
@@ -10,7 +10,7 @@
   region (breast-box) decode and with a whole decode, and the reduced path stays within one grey level of them.
 - The truncated file is refused with its name, and a shard conversion excludes it with that reason.
 - Crafted: garbage/overlay bits above Bits Stored and signed words that are not sign-extended do not change the
-  display range (pydicom-data's mlut_18.dcm agreed at r = 0.80 before `dicom.stored_range`).
+  display range (pydicom-data's mlut_18.dcm agreed at r = 0.80 before `dicom_display.stored_range`).
 
 The files are listed from the installed folders: `pydicom.data.get_testdata_files()` also asks pydicom's download
 list for files it does not find, so it is not used.
@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from leanmed.data import convert, dicom
+from leanmed.data import convert, dicom, dicom_decode, dicom_display
 
 try:  # pydicom-data installs its files as the package `data_store`, under data_store/data/
     from data_store import DataStore
@@ -114,19 +114,19 @@ def test_display_image_agrees_with_pydicom(path):
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         pydicom_reason = " ".join(lines[1:2] if lines[0].endswith("plugins:") else lines[:1])[:100]
         try:
-            dicom.read_dicom(path)
+            dicom_decode.read_dicom(path)
             ours = "leanmed decodes it"
-        except dicom.DicomError as refusal:
+        except dicom_decode.DicomError as refusal:
             ours = f"leanmed refuses it: {refusal.reason[:80]}"
         pytest.skip(f"{label(path)}: pydicom cannot decode it here ({pydicom_reason}); {ours}")
-    if ds.file_meta.TransferSyntaxUID not in dicom.SUPPORTED_SYNTAXES or int(ds.BitsAllocated) not in (8, 16):
+    if ds.file_meta.TransferSyntaxUID not in dicom_decode.SUPPORTED_SYNTAXES or int(ds.BitsAllocated) not in (8, 16):
         # JPEG Extended (.51), 1-bit and 32-bit images: no mammography system writes them; leanmed refuses them
         # with the reason rather than guessing (here: JPGExtended, liver_1frame, rtdose_*_1frame).
-        with pytest.raises(dicom.DicomError, match="unsupported"):
-            dicom.read_dicom(path)
+        with pytest.raises(dicom_decode.DicomError, match="unsupported"):
+            dicom_decode.read_dicom(path)
         return
     reference = pydicom_chain(ds, stored)
-    ours, _ = dicom.display_image(dicom.read_dicom(path), dtype=np.float32)
+    ours, _ = dicom_display.display_image(dicom_decode.read_dicom(path), dtype=np.float32)
     assert ours.shape == reference.shape
     if reference.std() == 0:
         # dicomdirtests CT2/17166 and 17196: 16 x 16 images all above their window (centre 30, width 100), so both
@@ -157,15 +157,15 @@ def pydicom_data_file(name: str) -> Path:
 
 def test_mlut_18_display_range_is_that_of_the_stored_values():
     path = pydicom_data_file("mlut_18.dcm")
-    decoded = dicom.read_dicom(path)
+    decoded = dicom_decode.read_dicom(path)
     ds = decoded.dataset
     assert (ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == (16, 12, 1)
     assert "ModalityLUTSequence" in ds and "WindowCenter" not in ds and "VOILUTSequence" not in ds
     assert decoded.pixels.max() > 2047  # raw words: some are not sign-extended
     values = stored_values(decoded.pixels, 12, signed=True)
-    assert dicom.stored_range(ds, decoded.pixels) == (values.min(), values.max())
+    assert dicom_display.stored_range(ds, decoded.pixels) == (values.min(), values.max())
     _, info = dicom.preprocess(path, image_size=64)
-    assert info["voi"] == dicom.display_image(decoded)[1]  # preprocess scales over the same range
+    assert info["voi"] == dicom_display.display_image(decoded)[1]  # preprocess scales over the same range
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_lossless_and_uncompressed_copies_give_identical_pngs(tmp_path, monkeypa
     with monkeypatch.context() as patch:  # no libopenjp2: the whole image is decoded
         patch.setattr(dicom.openjpeg, "available", lambda: False)
         whole, _, whole_info = png_bytes(tmp_path, j2kr, path_mode="exact")
-    assert whole_info["decode_area"] is None and whole_info["decoder"] == dicom.DECODER_NAMES["jpeg2000"]
+    assert whole_info["decode_area"] is None and whole_info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000"]
     assert whole == reference
     _, reduced, _ = png_bytes(tmp_path, j2kr, path_mode="reduced")
     assert np.abs(reduced.astype(np.float64) - exact).mean() <= 1.0
@@ -221,7 +221,7 @@ def test_a_nema_pair_goes_through_the_region_decode():
     detector, so its box is the whole image; the smaller pairs are decoded whole (MR2's edges reach the coarse
     area's border, 693 is under the coarse side)."""
     _, info = dicom.preprocess(pydicom_data_file("RG1_J2KR.dcm"), image_size=IMAGE_SIZE, path_mode="exact")
-    assert info["decoder"] == dicom.DECODER_NAMES["jpeg2000_region"] and info["decode_area"] is not None
+    assert info["decoder"] == dicom_decode.DECODER_NAMES["jpeg2000_region"] and info["decode_area"] is not None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -231,8 +231,8 @@ def test_a_nema_pair_goes_through_the_region_decode():
 
 def test_truncated_real_file_is_refused_with_its_name():
     path = pydicom_data_file(TRUNCATED)
-    for attempt in (dicom.read_dicom, dicom.preprocess):
-        with pytest.raises(dicom.DicomError) as caught:
+    for attempt in (dicom_decode.read_dicom, dicom.preprocess):
+        with pytest.raises(dicom_decode.DicomError) as caught:
             attempt(path)
         assert caught.value.path == str(path) and str(path) in str(caught.value)
         assert "truncated" in caught.value.reason
@@ -300,17 +300,17 @@ def test_bits_above_bits_stored_do_not_change_the_display(tmp_path, signed):
     if signed:
         variants["not sign-extended"] = low_bits.astype(np.uint16)  # as in mlut_18.dcm
     clean_path = crafted_file(tmp_path / "clean.dcm", clean)
-    clean_display, clean_voi = dicom.display_image(dicom.read_dicom(clean_path))
+    clean_display, clean_voi = dicom_display.display_image(dicom_decode.read_dicom(clean_path))
     clean_image, _ = dicom.preprocess(clean_path, image_size=64, bits=16)
-    assert clean_voi["voi"] == "min_max" and clean_display.min() == 0 and clean_display.max() == dicom.LUT_MAX
+    assert clean_voi["voi"] == "min_max" and clean_display.min() == 0 and clean_display.max() == dicom_display.LUT_MAX
     for name, words in variants.items():
         stored_words = words.view(np.int16) if signed else words
         path = crafted_file(tmp_path / f"{name.replace(' ', '_')}.dcm", stored_words)
-        decoded = dicom.read_dicom(path)
+        decoded = dicom_decode.read_dicom(path)
         raw = (int(decoded.pixels.min()), int(decoded.pixels.max()))
         assert raw != (values.min(), values.max()), name  # the raw words alone would give another range
-        assert dicom.stored_range(decoded.dataset, decoded.pixels) == (values.min(), values.max()), name
-        display, voi = dicom.display_image(decoded)
+        assert dicom_display.stored_range(decoded.dataset, decoded.pixels) == (values.min(), values.max()), name
+        display, voi = dicom_display.display_image(decoded)
         assert voi == clean_voi, name
         np.testing.assert_array_equal(display, clean_display, err_msg=name)
         image, _ = dicom.preprocess(path, image_size=64, bits=16)
@@ -328,5 +328,5 @@ def test_incomplete_number_of_frames_is_a_dicom_error(tmp_path):
     data = path.read_bytes()
     assert data.count(element + b"11") == 1
     path.write_bytes(data.replace(element + b"11", element + b"1A"))
-    with pytest.raises(dicom.DicomError, match="incomplete image pixel module"):
-        dicom.read_dicom(path)
+    with pytest.raises(dicom_decode.DicomError, match="incomplete image pixel module"):
+        dicom_decode.read_dicom(path)

@@ -24,7 +24,8 @@ import pandas as pd
 
 from leanmed.atomic import atomic_path
 from leanmed.data import openjpeg
-from leanmed.data.dicom import DicomError, preprocess
+from leanmed.data.dicom import preprocess
+from leanmed.data.dicom_decode import DicomError
 from leanmed.data.png import is_current_png, write_png
 from leanmed.data.sources import shard_of  # noqa: F401  (part of this module's interface)
 from leanmed.fingerprint import code_version, value_version
