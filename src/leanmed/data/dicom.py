@@ -23,7 +23,6 @@ from leanmed.data import openjpeg
 from leanmed.data.breast import (
     area_resize,
     coarse_breast,
-    crop_to_breast,  # noqa: F401  (leanmed.demo.calibration still imports it from here: goes with that import)
     find_breast,
     fitted_size,
     pad_to_square,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from leanmed.data.dicom import area_resize, crop_to_breast, fitted_size, pad_to_square
+from leanmed.data.breast import area_resize, crop_to_breast, fitted_size, pad_to_square
 from leanmed.data.images import downsample
 from leanmed.demo.mammogram import RsnaDifficulty, draw_subject_appearance, mammogram_pixels
 from leanmed.demo.rsna import RSNA_BENIGN_SHARE_OF_NEGATIVES
