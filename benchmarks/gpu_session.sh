@@ -48,7 +48,7 @@ claim = claim_gpu("auto")
 print("claim:", claim)
 print("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"), "CUDA_DEVICE_ORDER", os.environ.get("CUDA_DEVICE_ORDER"))
 import torch, pynvml
-from leanmed.train.energy import nvml_handles_for_job
+from leanmed.train.carbontracker_setup import nvml_handles_for_job
 pynvml.nvmlInit()
 uuid = str(torch.cuda.get_device_properties(0).uuid)
 handles, how = nvml_handles_for_job(pynvml, 0, os.environ.get("CUDA_VISIBLE_DEVICES"), uuid)

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from leanmed.report import aggregate, pareto, plots, tables
+from leanmed.train import carbontracker_setup, energy_records
 from leanmed.train import energy as energy_module
 from test_report_tables import make_metrics
 
@@ -133,14 +134,14 @@ def test_figures_without_estimates_say_no_est(tmp_path):
     ],
 )
 def test_reading_kind(readings, method, expected):
-    kind = energy_module.reading_kind(readings, method)
+    kind = energy_records.reading_kind(readings, method)
     assert (kind["measured"], kind["estimated"], kind["assumed_power_w"], kind["estimated_components"]) == expected
 
 
 def test_unmeasured_record_is_neither():
-    record = energy_module.unmeasured("switched off")
+    record = energy_records.unmeasured("switched off")
     assert record["measured"] is False and record["estimated"] is False and record["assumed_power_w"] is None
-    assert set(energy_module.ENERGY_KEYS) <= set(record)
+    assert set(energy_records.ENERGY_KEYS) <= set(record)
 
 
 def test_older_method_file_still_loads(tmp_path):
@@ -148,7 +149,7 @@ def test_older_method_file_still_loads(tmp_path):
                                                                   "of 35.6 W is assumed"]))
     meter = energy_module.EnergyMeter("train", tmp_path, "cpu")
     assert "35.6 W" in meter.method()
-    assert energy_module.reading_kind(meter._readings, meter.method())["assumed_power_w"] == 35.6
+    assert energy_records.reading_kind(meter._readings, meter.method())["assumed_power_w"] == 35.6
 
 
 class FakeNvml:
@@ -171,12 +172,12 @@ class FakeNvml:
 def test_nvml_reads_the_jobs_gpu_only():
     nvml = FakeNvml(["GPU-aaaa", "GPU-bbbb", "GPU-cccc", "GPU-dddd"])
     # torch's UUID (without NVML's prefix) finds the GPU whatever CUDA_VISIBLE_DEVICES says.
-    handles, how = energy_module.nvml_handles_for_job(nvml, 0, "2", "cccc")
+    handles, how = carbontracker_setup.nvml_handles_for_job(nvml, 0, "2", "cccc")
     assert handles == [("handle", 2)] and "UUID GPU-cccc" in how
     # No UUID from torch: the job's entry of CUDA_VISIBLE_DEVICES (an NVML index under PCI_BUS_ID order) ...
-    assert energy_module.nvml_handles_for_job(nvml, 0, "3", None)[0] == [("handle", 3)]
-    assert energy_module.nvml_handles_for_job(nvml, 1, "0,3", None)[0] == [("handle", 3)]
+    assert carbontracker_setup.nvml_handles_for_job(nvml, 0, "3", None)[0] == [("handle", 3)]
+    assert carbontracker_setup.nvml_handles_for_job(nvml, 1, "0,3", None)[0] == [("handle", 3)]
     # ... or a UUID there (carbontracker itself would then read every GPU of the machine).
-    assert energy_module.nvml_handles_for_job(nvml, 0, "GPU-bbbb", None)[0] == [("handle", 1)]
+    assert carbontracker_setup.nvml_handles_for_job(nvml, 0, "GPU-bbbb", None)[0] == [("handle", 1)]
     # Nothing set: the CUDA index.
-    assert energy_module.nvml_handles_for_job(nvml, 1, None, None)[0] == [("handle", 1)]
+    assert carbontracker_setup.nvml_handles_for_job(nvml, 1, None, None)[0] == [("handle", 1)]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leanmed.synthetic import write_split
-from leanmed.train import energy as energy_module
+from leanmed.train import carbontracker_setup
 from leanmed.train import job as job_module
 from leanmed.train.job import TrainConfig, run
 from leanmed.train.measure import release_training_state, time_inference
@@ -96,7 +96,7 @@ def test_repeats_stop_at_the_time_budget_and_energy_divides_by_the_passes_run():
 
 
 def test_cpu_model_comes_from_proc_cpuinfo_as_py_cpuinfo_gives_it():
-    brand = energy_module._proc_cpuinfo_brand()
+    brand = carbontracker_setup._proc_cpuinfo_brand()
     if brand is None:
         pytest.skip("no model name in /proc/cpuinfo here")
     import cpuinfo

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from leanmed.train import energy as energy_module
-from leanmed.train.energy import EnergyMeter, read_energy_logs
+from leanmed.train.energy import EnergyMeter
+from leanmed.train.energy_records import ENERGY_KEYS, read_energy_logs
 from leanmed.train.measure import (
     PeakMemoryMeter,
     gradient_bytes,
@@ -132,4 +132,4 @@ def test_energy_meter_survives_sys_exit_from_carbontracker(tmp_path, monkeypatch
 def test_energy_switched_off(tmp_path):
     record = EnergyMeter("train", tmp_path / "energy", "cpu", enabled=False).result()
     assert record["measured"] is False and "switched off" in record["note"]
-    assert set(energy_module.ENERGY_KEYS) <= set(record)
+    assert set(ENERGY_KEYS) <= set(record)

@@ -27,18 +27,19 @@ What carbontracker 2.4.7 measures, and what this wrapper changes:
   ``aggregate_consumption``, which can return predicted totals.
 - Every call is guarded: a failure stops measuring, records the reason, and lets the job go on. ``ignore_errors=True``
   matters: without it carbontracker calls ``sys.exit(70)`` on errors.
+
+The pieces: ``leanmed.train.carbontracker_setup`` (carbontracker's console output, its CPU lookup and version, the
+NVML handle of the job's GPU) and ``leanmed.train.energy_records`` (the record's keys, the record of an unmeasured
+phase, the logs' totals, measured or estimated); ``EnergyMeter`` here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import io
 import json
 import logging
 import os
-import re
-import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -47,159 +48,27 @@ from unittest import mock
 
 import torch
 
-__all__ = ["EnergyMeter", "read_energy_logs", "unmeasured", "prefetch_cpu_info", "ENERGY_KEYS"]
+from leanmed.train.carbontracker_setup import (
+    FORWARD,
+    cached_cpu_info,
+    carbontracker_version,
+    nvml_handles_for_job,
+    prefetch_cpu_info,
+    quiet_console,
+)
+from leanmed.train.energy_records import (
+    ASSUMED_POWER_HANDLERS,
+    COUNTER_HANDLERS,
+    read_energy_logs,
+    reading_kind,
+    unmeasured,
+)
+
+__all__ = ["EnergyMeter"]
 
 log = logging.getLogger(__name__)
 
 METHOD_FILE = "leanmed_method.json"
-ENERGY_KEYS = ("measured", "estimated", "assumed_power_w", "estimated_components", "energy_kwh", "energy_kwh_pue",
-               "pue", "co2eq_g", "components", "method", "note")
-# carbontracker handlers that read a real energy or power counter, and those that assume a constant power.
-COUNTER_HANDLERS = {"IntelCPU": "RAPL", "NvidiaGPU": "NVML", "AppleSiliconCPU": "powermetrics",
-                    "AppleSiliconGPU": "powermetrics"}
-ASSUMED_POWER_HANDLERS = ("GenericCPU", "SimulatedCPUHandler", "SimulatedGPUHandler")
-_CONSTANT_POWER_TEXT = re.compile(r"constant power of ([0-9.]+) W")
-
-
-
-class _ForwardToLeanmed(logging.Handler):
-    """Stands in for carbontracker's console handlers (which print every start-up message to stdout, once per
-    tracker built): its messages go to leanmed's logger instead, at DEBUG while a tracker is being built (its
-    start-up chatter: leanmed states the assumptions itself, once) and at their own level afterwards (warnings
-    while measuring). carbontracker's log files are untouched."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.constructing = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = logging.DEBUG if self.constructing else record.levelno
-            log.log(level, "carbontracker %s: %s", record.levelname.lower(), record.getMessage())
-        except Exception:
-            self.handleError(record)
-
-
-_FORWARD = _ForwardToLeanmed()
-
-
-def _quiet_console(logger: logging.Logger, forward: bool = True) -> None:
-    """Replace ``logger``'s console handlers (stream handlers that are not files) with ``_FORWARD`` (or with
-    nothing, for loggers whose console output carbontracker filters anyway)."""
-    for handler in list(logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            logger.removeHandler(handler)
-    if forward and _FORWARD not in logger.handlers:
-        logger.addHandler(_FORWARD)
-
-
-_cpu_info_lock = threading.Lock()
-_cpu_info_cache: dict | None = None
-_cpu_info_thread: threading.Thread | None = None
-
-
-def _carbontracker_version() -> str:
-    try:
-        return importlib.metadata.version("carbontracker")
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _proc_cpuinfo_brand() -> str | None:
-    """The CPU model as Linux reports it (``model name`` in /proc/cpuinfo: the CPUID brand string, the same text
-    py-cpuinfo's ``brand_raw`` holds), or None where there is no such line."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip() or None
-    except OSError:
-        return None
-    return None
-
-
-def _load_cpu_info() -> None:
-    global _cpu_info_cache
-    brand = _proc_cpuinfo_brand()
-    if brand is not None:
-        info = {"brand_raw": brand}  # all carbontracker reads; py-cpuinfo would spend ~1 s in a subprocess
-    else:
-        try:
-            import cpuinfo
-
-            info = cpuinfo.get_cpu_info()
-        except Exception:  # carbontracker copes with an empty brand; so do we
-            info = {}
-    try:  # carbontracker's modules (pandas among them: ~0.5 s), imported here, off the job's main thread
-        import carbontracker.tracker  # noqa: F401
-        from carbontracker.components.cpu import generic  # noqa: F401
-        from carbontracker.emissions.intensity import intensity  # noqa: F401
-    except Exception:  # reported by the construction, where the import is repeated
-        pass
-    with _cpu_info_lock:
-        if _cpu_info_cache is None:
-            _cpu_info_cache = info
-
-
-def prefetch_cpu_info() -> None:
-    """Start reading the CPU model and importing carbontracker in the background, so that constructing
-    carbontracker later does not wait for them (the job calls this first thing). Idempotent."""
-    global _cpu_info_thread
-    with _cpu_info_lock:
-        if _cpu_info_cache is not None or _cpu_info_thread is not None:
-            return
-        _cpu_info_thread = threading.Thread(target=_load_cpu_info, name="leanmed-cpuinfo", daemon=True)
-        _cpu_info_thread.start()
-
-
-def _cached_cpu_info() -> dict:
-    """py-cpuinfo's answer, computed once per process."""
-    prefetch_cpu_info()
-    thread = _cpu_info_thread
-    if thread is not None:
-        thread.join()
-    if _cpu_info_cache is None:
-        _load_cpu_info()
-    return dict(_cpu_info_cache or {})
-
-
-def unmeasured(reason: str, components: list[str] | None = None, method: str | None = None) -> dict:
-    """An energy record for a phase that could not be measured: numbers null, the reason in ``note``."""
-    return {
-        "measured": False,
-        "estimated": False,
-        "assumed_power_w": None,
-        "estimated_components": [],
-        "energy_kwh": None,
-        "energy_kwh_pue": None,
-        "pue": None,
-        "co2eq_g": None,
-        "components": components or [],
-        "method": method or f"carbontracker {_carbontracker_version()}",
-        "note": reason,
-    }
-
-
-def read_energy_logs(log_dir: str | Path) -> dict:
-    """Sum the "actual" blocks of all carbontracker logs in ``log_dir``.
-
-    Returns {"n_logs", "n_with_actual", "energy_kwh_pue", "co2eq_g", "duration_s"}; energies are None when no log
-    holds an actual block. Raises what carbontracker's parser raises (callers guard it).
-    """
-    from carbontracker import parser
-
-    log_dir = Path(log_dir)
-    entries = parser.parse_all_logs(str(log_dir)) if log_dir.is_dir() else []
-    actual_blocks = [entry["actual"] for entry in entries if entry.get("actual")]
-    usable = [block for block in actual_blocks if block.get("energy (kWh)") is not None]
-    return {
-        "n_logs": len(entries),
-        "n_with_actual": len(usable),
-        "energy_kwh_pue": sum(block["energy (kWh)"] for block in usable) if usable else None,
-        "co2eq_g": sum(block["co2eq (g)"] for block in usable if block.get("co2eq (g)") is not None)
-        if usable else None,
-        "duration_s": sum(block.get("duration (s)") or 0.0 for block in usable) if usable else None,
-    }
 
 
 class EnergyMeter:
@@ -265,15 +134,15 @@ class EnergyMeter:
             meter = self
             # carbontracker's module-level logger (the CPU model, its TDP match) and the tracker's own loggers
             # print to stdout: quiet during construction (leanmed states the assumptions once, see _announce)
-            _quiet_console(generic_cpu.logger.logger_err)
+            quiet_console(generic_cpu.logger.logger_err)
             with ExitStack() as patches:
                 patches.enter_context(contextlib.redirect_stdout(io.StringIO()))  # the new tracker's console handlers
-                _FORWARD.constructing += 1
-                patches.callback(setattr, _FORWARD, "constructing", 0)
+                FORWARD.constructing += 1
+                patches.callback(setattr, FORWARD, "constructing", 0)
                 patches.enter_context(mock.patch.object(
                     intensity.IntensityService, "_fetch_geo_location", lambda service: meter._fixed_location(service)
                 ))
-                patches.enter_context(mock.patch.object(generic_cpu.cpuinfo, "get_cpu_info", _cached_cpu_info))
+                patches.enter_context(mock.patch.object(generic_cpu.cpuinfo, "get_cpu_info", cached_cpu_info))
                 tracker = CarbonTracker(
                     epochs=self.epochs,
                     epochs_before_pred=0,  # no predictions: only the actual figures are wanted
@@ -297,8 +166,8 @@ class EnergyMeter:
                 self._select_job_gpu()
                 logger = tracker.logger
                 self._loggers = [logger.logger, logger.logger_output, logger.logger_err]
-                _quiet_console(logger.logger_output, forward=False)
-                _quiet_console(logger.logger_err)
+                quiet_console(logger.logger_output, forward=False)
+                quiet_console(logger.logger_err)
                 self._announce()
         except BaseException as error:  # SystemExit included: carbontracker may call sys.exit
             self.problems.append(f"carbontracker construction failed: {type(error).__name__}: {error}")
@@ -339,10 +208,10 @@ class EnergyMeter:
                              f"gCO2eq/kWh ({constants.WORLD_AVG_CARBON_INTENSITY_YEAR}; no location lookup)")
             parts.append(f"its figures include a PUE of {constants.PUE_2023} (energy_kwh is without it)")
             log.info("energy: carbontracker %s measures training and inference; %s; its own logs in %s",
-                     _carbontracker_version(), "; ".join(parts), self.log_dir.parent)
+                     carbontracker_version(), "; ".join(parts), self.log_dir.parent)
         except Exception as error:  # a description only: never a reason to fail
             log.info("energy: carbontracker %s measures training and inference (%s: %s describing it)",
-                     _carbontracker_version(), type(error).__name__, error)
+                     carbontracker_version(), type(error).__name__, error)
 
     def _select_job_gpu(self) -> None:
         """Make carbontracker's NVML handler read the GPU this job computes on, not every GPU of the machine."""
@@ -507,7 +376,7 @@ class EnergyMeter:
     # -- results ------------------------------------------------------------------------------------------------
     def method(self) -> str:
         self._load_method()
-        text = f"carbontracker {_carbontracker_version()}"
+        text = f"carbontracker {carbontracker_version()}"
         if self._method_parts:
             text += "; " + "; ".join(self._method_parts)
         return text
@@ -593,47 +462,3 @@ class EnergyMeter:
             "tracker_stop_seconds": self.stop_seconds,
         }
 
-
-def reading_kind(readings: dict, method: str = "") -> dict:
-    """``measured`` / ``estimated`` / ``assumed_power_w`` / ``estimated_components`` from what each component
-    read (``readings``: component -> "counter" or the assumed W). Without readings (a log written by an older
-    leanmed), the method text decides: "constant power of X W" marks the CPU as assumed."""
-    counters = [name for name, value in readings.items() if value == "counter"]
-    assumed = {name: float(value) for name, value in readings.items() if value != "counter"}
-    if not readings:
-        match = _CONSTANT_POWER_TEXT.search(method or "")
-        if match:
-            assumed = {"cpu": float(match.group(1))}
-            counters = ["gpu"] if "NVML" in (method or "") else []
-        else:
-            counters = ["unknown"]  # as before: a figure carbontracker reported counts as measured
-    return {
-        "measured": bool(counters),
-        "estimated": bool(assumed),
-        "assumed_power_w": sum(assumed.values()) if assumed else None,
-        "estimated_components": sorted(assumed),
-    }
-
-
-def nvml_handles_for_job(nvml, cuda_index: int, visible: str | None, torch_uuid: str | None) -> tuple[list, str]:
-    """NVML handle of the GPU a job computes on (its CUDA device ``cuda_index``), and how it was found.
-
-    First by the UUID torch reports for the device (NVML spells it "GPU-..." or "MIG-..."); else by the job's
-    entry in ``visible`` (CUDA_VISIBLE_DEVICES: an NVML index, right when CUDA_DEVICE_ORDER=PCI_BUS_ID, which
-    ``leanmed.train.devices`` sets, or a UUID); else NVML index ``cuda_index``. Raises what NVML raises when none
-    resolves (carbontracker then stops measuring and the energy is recorded as not measured).
-    """
-    if torch_uuid:
-        for candidate in (torch_uuid, "GPU-" + torch_uuid, "MIG-" + torch_uuid):
-            try:
-                return [nvml.nvmlDeviceGetHandleByUUID(candidate)], f"this job's GPU, NVML UUID {candidate}"
-            except Exception:
-                continue
-    if visible is not None:
-        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
-        if cuda_index < len(entries):
-            entry = entries[cuda_index]
-            if entry.isdigit():
-                return [nvml.nvmlDeviceGetHandleByIndex(int(entry))], f"this job's GPU, NVML index {entry}"
-            return [nvml.nvmlDeviceGetHandleByUUID(entry)], f"this job's GPU, NVML UUID {entry}"
-    return [nvml.nvmlDeviceGetHandleByIndex(cuda_index)], f"NVML index {cuda_index}"

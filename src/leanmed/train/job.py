@@ -45,6 +45,7 @@ import torch
 from leanmed.data.images import ImageDataset, make_loader, reseed_shuffle, split_fingerprint
 from leanmed.metrics import binary_metrics
 from leanmed.train import loop
+from leanmed.train.carbontracker_setup import prefetch_cpu_info
 from leanmed.train.checkpoint import (
     JobState,
     checkpoint_for_resume,
@@ -54,7 +55,8 @@ from leanmed.train.checkpoint import (
     resume_state,
     save_atomically,
 )
-from leanmed.train.energy import EnergyMeter, prefetch_cpu_info, unmeasured
+from leanmed.train.energy import EnergyMeter
+from leanmed.train.energy_records import unmeasured
 from leanmed.train.loop import Determinism, StopOnSigterm, epoch_seed, seed_everything
 from leanmed.train.measure import (
     PeakMemoryMeter,
