@@ -8,7 +8,7 @@ from importlib import resources
 import jsonschema
 import pytest
 
-from leanmed.report import aggregate, pareto, plots, tables
+from leanmed.report import aggregate, grouping, pareto, plots, tables
 from leanmed.train import carbontracker_setup, energy_records
 from leanmed.train import energy as energy_module
 from test_report_tables import make_metrics
@@ -59,7 +59,7 @@ def test_cpu_estimate_is_counted_and_shown_as_est_with_the_method_whole(tmp_path
     summary = _study(tmp_path, {"fp32": ESTIMATE, "amp": ESTIMATE})
     assert list(summary["energy_estimated"]) == [True, True]
     assert list(summary["energy_assumed_power_w"]) == [60.0, 60.0]
-    groups = aggregate.group_summary(summary, "rsna", 1)
+    groups = grouping.group_summary(summary, "rsna", 1)
     assert list(groups["energy_n_estimated"]) == [1, 1] and list(groups["energy_n_measured"]) == [0, 0]
     table = tables.paper_table(summary, "rsna")
     assert all(cell.endswith("(est.)") for cell in table["E (Wh)"])
@@ -90,7 +90,7 @@ def test_older_metrics_without_the_flag_are_recognised_by_their_method(tmp_path)
     # Written before `estimated` existed: measured true, method stating the assumed constant power.
     summary = _study(tmp_path, {"fp32": {"measured": True, "method": CPU_METHOD},
                                 "amp": {"measured": True, "method": GPU_METHOD}})
-    groups = aggregate.group_summary(summary, "rsna", 1)
+    groups = grouping.group_summary(summary, "rsna", 1)
     assert list(groups["energy_n_estimated"]) == [1, 0]
     cells = list(tables.paper_table(summary, "rsna")["E (Wh)"])
     assert cells[0].endswith("(est.)") and "est." not in cells[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from leanmed.report import aggregate, tables
+from leanmed.report import aggregate, captions, grouping, tables
 
 SEEDS = (1, 10, 100)
 
@@ -207,9 +207,9 @@ def test_paper_table_caption_says_what_device_memory_and_runs(crafted_study):
 
 def test_settings_follow_the_paper_order_then_the_rest():
     settings = ["bf16_true", "half_8bit", "amp", "zeta", "8bit", "fp32", "amp_8bit", "bf16_mixed"]
-    assert aggregate.order_settings(settings) == ["fp32", "amp", "8bit", "amp_8bit", "half_8bit", "bf16_mixed",
-                                                  "bf16_true", "zeta"]
-    assert aggregate.order_settings(["amp", "baseline"]) == ["baseline", "amp"]
+    assert grouping.order_settings(settings) == ["fp32", "amp", "8bit", "amp_8bit", "half_8bit", "bf16_mixed",
+                                                 "bf16_true", "zeta"]
+    assert grouping.order_settings(["amp", "baseline"]) == ["baseline", "amp"]
 
 
 def test_summary_csv_round_trip_gives_the_same_table(crafted_study, tmp_path):
@@ -280,7 +280,7 @@ def test_energy_cell_labels_estimates_and_partial_measurements():
 def _step(requested, applied, not_applied=None):
     """A setting.step block as leanmed.train.settings.StepOptions.record() writes it."""
     label = "eager (paper)" if not applied else "tuned (" + ", ".join(
-        aggregate.STEP_OPTION_NAMES[name] for name in applied) + ")"
+        captions.STEP_OPTION_NAMES[name] for name in applied) + ")"
     return {"requested": requested, "applied": applied, "not_applied": not_applied or {}, "label": label}
 
 

@@ -202,7 +202,7 @@ def test_fused_adam_is_built_where_it_applies(monkeypatch):
 
 
 def test_report_knows_the_step_option_names():
-    from leanmed.report.aggregate import STEP_OPTION_NAMES
+    from leanmed.report.captions import STEP_OPTION_NAMES
 
     assert STEP_OPTION_NAMES == dict(settings_module.STEP_OPTIONS)
     assert set(settings_module.TUNED_STEP_OPTIONS) < set(STEP_OPTION_NAMES)

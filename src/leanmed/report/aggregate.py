@@ -4,8 +4,8 @@ One row per *expected* run, whether or not it produced a ``metrics.json``: a run
 diverged keeps its row and says so in ``status`` / ``status_reason``, so that no table or figure downstream can
 silently summarise fewer runs than the study planned.
 
-``group_summary`` then reduces the tidy rows to one row per (dataset, model, setting, scale), the numbers every
-table, figure and Pareto front is drawn from.
+``leanmed.report.grouping.group_summary`` then reduces the tidy rows to one row per (dataset, model, setting, scale),
+the numbers every table, figure and Pareto front is drawn from; ``leanmed.report.captions`` describes them in words.
 """
 
 from __future__ import annotations
@@ -126,12 +126,6 @@ BOOLEAN_COLUMNS = (
     "energy_inference_measured",
     "energy_inference_estimated",
 )
-# Energy method texts contain "; " themselves: several runs' methods are joined with this instead, and split back
-# with ``split_methods``, so a caption prints each method whole.
-METHOD_SEPARATOR = " || "
-
-GIGABYTE = 1e9  # decimal gigabytes, stated in every caption that uses them
-WH_PER_KWH = 1000.0
 
 
 class UnreadableMetrics(ValueError):
@@ -274,7 +268,7 @@ def write_summary(summary: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _as_boolean(value):
+def as_boolean(value):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -292,249 +286,7 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     summary = pd.read_csv(path)
     for column in BOOLEAN_COLUMNS:
         if column in summary.columns:
-            summary[column] = summary[column].map(_as_boolean).astype(object)
+            summary[column] = summary[column].map(as_boolean).astype(object)
     summary["diverged"] = summary["diverged"].map(bool)
     return summary
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reduction to one row per (dataset, model, setting, scale)
-
-
-def _ordered_unique(values: Iterable) -> list:
-    ordered = []
-    for value in values:
-        if value not in ordered:
-            ordered.append(value)
-    return ordered
-
-
-def _joined_unique(series: pd.Series, separator: str = "; ") -> str:
-    values = _ordered_unique(str(v) for v in series if v is not None and not (isinstance(v, float) and math.isnan(v)))
-    return separator.join(values)
-
-
-def split_methods(texts: Iterable) -> list[str]:
-    """The distinct energy methods in joined ``energy_method`` cells, each whole, in order of appearance."""
-    methods = []
-    for text in texts:
-        if text is None or (isinstance(text, float) and math.isnan(text)):
-            continue
-        for method in str(text).split(METHOD_SEPARATOR):
-            method = method.strip()
-            if method and method != "nan" and method not in methods:
-                methods.append(method)
-    return methods
-
-
-_CONSTANT_POWER_TEXT = "constant power of"
-
-
-def energy_is_estimate(estimated, measured, method) -> bool:
-    """True when a run's energy figure is (partly) an assumed constant power x time rather than a counter reading:
-    ``estimated`` when the run recorded it; for older metrics.json without it, a method text that states an
-    assumed constant power, or a value without the ``measured`` flag."""
-    flag = _as_boolean(estimated)
-    if flag is not None:
-        return flag
-    if method is not None and _CONSTANT_POWER_TEXT in str(method):
-        return True
-    return _as_boolean(measured) is not True
-
-
-def _mean_std_n(series: pd.Series) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (ddof=1; NaN for one value) and count of the non-null values."""
-    values = pd.to_numeric(series, errors="coerce").dropna()
-    n = int(values.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    std = float(values.std(ddof=1)) if n > 1 else math.nan
-    return float(values.mean()), std, n
-
-
-def group_summary(summary: pd.DataFrame, dataset: str | None = None, scale: int | None = None) -> pd.DataFrame:
-    """One row per (dataset, model, setting, scale) with means over the seeds that finished.
-
-    Finished runs are "completed" and "diverged" ones: a diverged run still reports the metrics of its best
-    checkpoint, and the paper includes such runs in its means and marks them with ``*``; here ``n_diverged``
-    carries that mark. Missing and unreadable runs count in ``n_expected`` and are listed in ``runs_not_completed``.
-    Each mean ignores null values, and ``*_n`` says over how many seeds it was taken.
-    """
-    rows = summary
-    if dataset is not None:
-        rows = rows[rows["dataset"].astype(str) == str(dataset)]
-    if scale is not None:
-        rows = rows[rows["scale"].astype(int) == int(scale)]
-    group_keys = ["dataset", "model", "setting", "scale"]
-    records = []
-    for key, group in rows.groupby(group_keys, sort=False, dropna=False):
-        finished = group[group["status"].isin(FINISHED_STATUSES)]
-        record = dict(zip(group_keys, key))
-        issues = [
-            f"seed {seed}: {status}"
-            for seed, status, diverged in zip(group["seed"], group["status"], group["diverged"])
-            if status != "completed" or bool(diverged)
-        ]
-        record.update(
-            n_expected=len(group),
-            n_finished=len(finished),
-            n_completed=int((group["status"] == "completed").sum()),
-            n_diverged=int(group["diverged"].map(bool).sum()),
-            n_missing=int((group["status"] == "missing").sum()),
-            n_unreadable=int((group["status"] == "unreadable").sum()),
-            seeds_expected=" ".join(str(s) for s in group["seed"]),
-            seeds_finished=" ".join(str(s) for s in finished["seed"]),
-            runs_not_completed="; ".join(issues),
-        )
-        for column, name in (
-            ("test_accuracy", "accuracy"),
-            ("test_roc_auc", "roc_auc"),
-            ("test_balanced_accuracy", "balanced_accuracy"),
-            ("n_parameters_millions", "n_parameters_millions"),
-            ("train_peak_bytes", "train_peak_bytes"),
-            ("inference_peak_bytes", "inference_peak_bytes"),
-            ("time_to_best_s", "time_to_best_s"),
-            ("train_time_total_s", "train_time_total_s"),
-            ("inference_test_set_seconds", "inference_test_set_seconds"),
-            ("per_image_latency_ms", "per_image_latency_ms"),
-        ):
-            source = finished[column] if column in finished else pd.Series(dtype=float)
-            mean, std, n = _mean_std_n(source)
-            record[f"{name}_mean"] = mean
-            record[f"{name}_std"] = std
-            record[f"{name}_n"] = n
-
-        # Energy: a value is "measured" when only real counters (RAPL, NVML) were read; an "estimate" when any part
-        # of it is carbontracker's assumed constant power x time (energy.train.estimated). Both are kept apart so
-        # callers can say which they show.
-        energy = pd.to_numeric(finished.get("energy_train_kwh_pue", pd.Series(dtype=float)), errors="coerce")
-        empty = pd.Series(index=finished.index, dtype=object)
-        estimated = pd.Series(
-            [energy_is_estimate(e, m, t) for e, m, t in zip(finished.get("energy_estimated", empty),
-                                                           finished.get("energy_measured", empty),
-                                                           finished.get("energy_method", empty))],
-            index=finished.index, dtype=bool,
-        )
-        measured = ~estimated
-        has_value = energy.notna()
-        record["energy_wh_mean"] = float(energy[has_value].mean() * WH_PER_KWH) if has_value.any() else math.nan
-        record["energy_wh_std"] = (
-            float(energy[has_value].std(ddof=1) * WH_PER_KWH) if has_value.sum() > 1 else math.nan
-        )
-        record["energy_n"] = int(has_value.sum())
-        record["energy_n_measured"] = int((has_value & measured).sum())
-        record["energy_n_estimated"] = int((has_value & ~measured).sum())
-        record["energy_pue"] = _joined_unique(finished.get("energy_pue", pd.Series(dtype=object)))
-        methods = finished.get("energy_method", pd.Series(index=finished.index, dtype=object))
-        record["energy_method"] = _joined_unique(methods[has_value & measured], METHOD_SEPARATOR)
-        record["energy_estimate_method"] = _joined_unique(methods[has_value & ~measured], METHOD_SEPARATOR)
-        powers = pd.to_numeric(finished.get("energy_assumed_power_w", empty), errors="coerce")[has_value & estimated]
-        record["energy_assumed_power_w"] = _joined_unique(powers.dropna().map(lambda w: f"{w:g}"))
-
-        record["train_peak_gb_mean"] = record["train_peak_bytes_mean"] / GIGABYTE
-        record["train_peak_gb_std"] = record["train_peak_bytes_std"] / GIGABYTE
-        for flag in ("8bit", "amp", "half"):
-            column = f"paper_flag_{flag}"
-            values = [_as_boolean(v) for v in finished.get(column, pd.Series(dtype=object))]
-            values = [v for v in values if v is not None]
-            record[column] = values[0] if values else None
-        for column in ("memory_kind", "device", "device_name", "weight_dtype", "autocast_dtype", "optimizer_class",
-                       "step", "step_requested", "step_applied"):
-            record[column] = _joined_unique(finished.get(column, pd.Series(dtype=object)))
-        records.append(record)
-    return pd.DataFrame(records)
-
-
-# The paper's five settings in its row order; registry names first, the paper's word "baseline" as an alias.
-PAPER_SETTING_ORDER = ("fp32", "amp", "8bit", "amp_8bit", "half_8bit")
-SETTING_ALIASES = {"baseline": "fp32"}
-
-
-def setting_sort_key(setting: str) -> tuple[int, str]:
-    """Paper settings in the paper's order, then every other setting alphabetically."""
-    canonical = SETTING_ALIASES.get(str(setting), str(setting))
-    if canonical in PAPER_SETTING_ORDER:
-        return PAPER_SETTING_ORDER.index(canonical), ""
-    return len(PAPER_SETTING_ORDER), str(setting)
-
-
-def order_settings(settings: Iterable[str]) -> list[str]:
-    return sorted(_ordered_unique(settings), key=setting_sort_key)
-
-
-def describe_devices(groups: pd.DataFrame) -> str:
-    """"cuda (NVIDIA H100)"-style list of the devices the summarised runs ran on, or "unknown"."""
-    pairs = []
-    for device, name in zip(groups.get("device", []), groups.get("device_name", [])):
-        for single_device, single_name in zip(str(device).split("; "), str(name).split("; ")):
-            if not single_device or single_device == "nan":
-                continue
-            label = f"{single_device} ({single_name})" if single_name and single_name != "nan" else single_device
-            pairs.append(label)
-    pairs = _ordered_unique(pairs)
-    return ", ".join(pairs) if pairs else "unknown (no finished run)"
-
-
-MEMORY_KIND_DESCRIPTIONS = {
-    "cuda_max_memory_allocated_bytes": "GPU memory: torch.cuda.max_memory_allocated during the training phase",
-    "cpu_peak_rss_bytes": "CPU memory: peak resident set size (RSS) of the training process",
-}
-
-
-def describe_memory_kinds(groups: pd.DataFrame) -> str:
-    kinds = _ordered_unique(
-        kind for text in groups.get("memory_kind", []) for kind in str(text).split("; ") if kind and kind != "nan"
-    )
-    if not kinds:
-        return "kind unknown (no finished run)"
-    descriptions = [MEMORY_KIND_DESCRIPTIONS.get(kind, kind) for kind in kinds]
-    if len(kinds) > 1:
-        return "MIXED across runs, not comparable: " + "; ".join(descriptions)
-    return descriptions[0]
-
-
-# The training step's speed options (setting.step in metrics.json) as captions print them; the same names as
-# leanmed.train.settings.STEP_OPTIONS (not imported: the report does not need torch), and why one may not apply.
-STEP_OPTION_NAMES = {"channels_last": "channels_last", "cudnn_benchmark": "cudnn.benchmark",
-                     "fused_adam": "fused Adam", "compile": "torch.compile"}
-STEP_OPTION_LIMITS = {"cudnn_benchmark": "CUDA only", "fused_adam": "CUDA and torch Adam only"}
-EAGER_STEP = "eager (paper)"
-
-
-def _step_options(text) -> set[str]:
-    """Option names of a step_requested / step_applied cell ("+"-joined per run, "; "-joined over runs)."""
-    return {name for part in str(text).split("; ") for name in part.split("+") if name in STEP_OPTION_NAMES}
-
-
-def describe_step(groups: pd.DataFrame) -> str:
-    """The training step the summarised runs ran, for captions: "eager (paper)" when no speed option was requested
-    (runs recorded before setting.step existed ran it too), else "tuned (...)" listing each applied option, the
-    settings it applied to where not all, and the requested options that applied nowhere."""
-    if "n_finished" in groups:
-        groups = groups[groups["n_finished"] > 0]  # rows without a finished run say nothing about the step
-    if "step_requested" not in groups or groups.empty:
-        return EAGER_STEP
-    requested_per_row = [_step_options(text) for text in groups["step_requested"]]
-    applied_per_row = [_step_options(text) for text in groups.get("step_applied", [""] * len(groups))]
-    requested = set().union(*requested_per_row)
-    if not requested:
-        return EAGER_STEP
-    settings = [str(setting) for setting in groups.get("setting", [""] * len(groups))]
-    parts, nowhere = [], []
-    for option, name in STEP_OPTION_NAMES.items():
-        if option not in requested:
-            continue
-        rows = [setting for setting, applied in zip(settings, applied_per_row) if option in applied]
-        asked = [setting for setting, wanted in zip(settings, requested_per_row) if option in wanted]
-        if not rows:
-            nowhere.append(name + (f" ({STEP_OPTION_LIMITS[option]})" if option in STEP_OPTION_LIMITS else ""))
-        elif len(rows) < len(asked):
-            parts.append(f"{name} for {', '.join(_ordered_unique(rows))} only")
-        else:
-            parts.append(name)
-    text = f"tuned ({', '.join(parts)})" if parts else EAGER_STEP
-    if nowhere:
-        text += f"; requested, not applied on this device: {', '.join(nowhere)}"
-    if any(not wanted for wanted in requested_per_row):
-        text = "MIXED across rows (some ran the eager step): " + text
-    return text

@@ -3,7 +3,7 @@
 Built from the tables the workflow already writes, nothing recomputed: the accuracy comparison, its confidence
 interval and the non-inferiority verdict are read from the comparison table of ``leanmed.report.stats``
 (``stats/<dataset>_vs_fp32.csv``), and peak memory, time to convergence, energy and the diverged or missing runs
-from ``summary.csv`` through ``aggregate.group_summary``, the same means the paper tables show.
+from ``summary.csv`` through ``grouping.group_summary``, the same means the paper tables show.
 
 The text is Markdown that is also valid reStructuredText (setext titles, ``-`` bullets, one line per bullet,
 ``**bold**``), so the Snakemake report's front page (an rst document) can include the file as it is.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leanmed.report.aggregate import GIGABYTE, group_summary, order_settings
+from leanmed.report.grouping import GIGABYTE, group_summary, order_settings
 from leanmed.report.stats import VERDICT_DEGRADATION, VERDICT_INCONCLUSIVE, VERDICT_NON_INFERIOR
 
 FINDINGS_FILE = "findings.md"

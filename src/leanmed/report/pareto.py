@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from leanmed.report.aggregate import describe_devices, describe_memory_kinds, group_summary, order_settings
+from leanmed.report.captions import describe_devices, describe_memory_kinds
+from leanmed.report.grouping import group_summary, order_settings
 
 ENERGY_COLUMN = "energy_wh_mean"
 TIME_FALLBACK_COLUMN = "train_time_total_s_mean"

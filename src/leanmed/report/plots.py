@@ -19,12 +19,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from leanmed.report.aggregate import (
-    describe_devices,
-    describe_memory_kinds,
-    group_summary,
-    order_settings,
-)
+from leanmed.report.captions import describe_devices, describe_memory_kinds
+from leanmed.report.grouping import group_summary, order_settings
 
 DPI = 150
 _RC = {"text.usetex": False, "pdf.fonttype": 42, "font.size": 9}

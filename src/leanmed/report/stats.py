@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from leanmed.report.aggregate import FINISHED_STATUSES, describe_devices, group_summary, order_settings, run_dir
+from leanmed.report.aggregate import FINISHED_STATUSES, run_dir
+from leanmed.report.captions import describe_devices
+from leanmed.report.grouping import group_summary, order_settings
 
 EXACT_MCNEMAR_BELOW = 25  # b + c below this: exact binomial test (the chi-square approximation is poor there)
 VERDICT_NON_INFERIOR = "no degradation beyond the margin"

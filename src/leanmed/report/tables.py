@@ -13,16 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from leanmed.report.aggregate import (
-    GIGABYTE,
-    SETTING_ALIASES,
-    describe_devices,
-    describe_memory_kinds,
-    describe_step,
-    group_summary,
-    order_settings,
-    split_methods,
-)
+from leanmed.report.captions import describe_devices, describe_memory_kinds, describe_step
+from leanmed.report.grouping import GIGABYTE, SETTING_ALIASES, group_summary, order_settings, split_methods
 
 CHECK = "✓"
 UNKNOWN_FLAG = "?"
