@@ -206,11 +206,15 @@ def test_transfer_syntaxes_photometrics_and_voi_functions_are_the_intended_mix(r
     # Some scanners store three windows (a real trap for code that expects one number).
     window_counts = {len(ds.WindowCenter) if ds["WindowCenter"].VM > 1 else 1 for _, ds, _ in images}
     assert window_counts == {1, 3}
-    # Display settings are per patient, like a scanner's.
+    # Display settings are per patient and per machine, like a scanner's.
     profiles = pd.DataFrame(
         [(row["patient_id"], ds.PhotometricInterpretation, ds.VOILUTFunction) for row, ds, _ in images]
     )
     assert (profiles.groupby(0).nunique() == 1).all().all()
+    by_machine = pd.DataFrame(
+        [(row["machine_id"], ds.PhotometricInterpretation, ds.VOILUTFunction) for row, ds, _ in images]
+    )
+    assert (by_machine.groupby(0).nunique() == 1).all().all()
 
 
 def test_monochrome1_stores_inverted_values(rsna):

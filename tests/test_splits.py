@@ -198,3 +198,75 @@ def test_write_split_csv_refuses_leaks_and_bad_values(tmp_path, big_split):
 def test_markdown_table_escapes_pipes_and_formats_floats():
     table = markdown_table(pd.DataFrame({"a": ["x|y"], "b": [0.12345], "c": [float("nan")]}))
     assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| x\\|y | 0.123 |  |"]
+
+
+def with_machines(frame: pd.DataFrame, n_machines: int = 4, seed: int = 1) -> pd.DataFrame:
+    """`frame` with a machine per subject, drawn independently of the label (as in the generated RSNA data)."""
+    rng = np.random.default_rng(seed)
+    subjects = frame["subject_id"].unique()
+    machine = dict(zip(subjects, rng.integers(0, n_machines, len(subjects)) * 7 + 21))
+    return frame.assign(machine_id=frame["subject_id"].map(machine))
+
+
+def test_stratifying_by_machine_balances_each_machines_classes_across_splits():
+    frame = with_machines(make_frame(400, positive_subject_share=0.5))
+    plain = splits.subject_split(frame, seed=3)
+    stratified = splits.subject_split(frame, seed=3, stratify_by=["machine_id"])
+    assert (stratified.groupby("subject_id")["split"].nunique() == 1).all()
+    report = splits.stratum_report(stratified, "machine_id")
+    for _, row in report.iterrows():
+        for label in ("positive", "negative"):
+            counts = np.array([row[f"{name} {label}"] for name in splits.SPLIT_NAMES])
+            ideal = counts.sum() * np.array([0.6, 0.2, 0.2])
+            assert np.abs(counts - ideal).max() <= 1.0 + 1e-9, row.to_dict()
+    # Label-only stratification leaves a machine's class shares to chance: somewhere they drift further.
+    drift = splits.stratum_report(plain, "machine_id")
+    deviations = [abs(row[f"{name} {label}"] - (row[f"train {label}"] + row[f"val {label}"] + row[f"test {label}"])
+                      * fraction)
+                  for _, row in drift.iterrows() for label in ("positive", "negative")
+                  for name, fraction in zip(splits.SPLIT_NAMES, (0.6, 0.2, 0.2))]
+    assert max(deviations) > 1.0
+    # The subject fractions stay exact, and the split is a function of the data and the seed.
+    assert stratified.groupby("split")["subject_id"].nunique().to_dict() == {"train": 240, "val": 80, "test": 80}
+    again = splits.subject_split(frame.sample(frac=1.0, random_state=0), seed=3, stratify_by=["machine_id"])
+    assert again.set_index("image_id")["split"].sort_index().equals(stratified.set_index("image_id")["split"]
+                                                                   .sort_index())
+
+
+def test_without_stratification_columns_the_split_is_the_label_only_split(big, big_split):
+    assert splits.subject_split(big, seed=42, stratify_by=()).equals(big_split)
+
+
+def test_a_subjects_machine_is_its_most_frequent_and_empty_values_are_a_group():
+    frame = pd.DataFrame({
+        "image_id": ["a1", "a2", "a3", "b1", "c1"], "subject_id": ["a", "a", "a", "b", "c"], "label": [1, 1, 0, 0, 0],
+        "machine_id": [29, 29, 21, None, 21],
+    })
+    report = splits.stratum_report(frame.assign(split="train"), "machine_id")
+    assert report.set_index("machine_id")[["train positive", "train negative"]].to_dict("index") == {
+        "(empty)": {"train positive": 0, "train negative": 1},
+        "21": {"train positive": 0, "train negative": 1},
+        "29": {"train positive": 1, "train negative": 0},
+    }
+
+
+def test_stratification_columns_come_from_the_cohort_or_the_error_names_the_config_key():
+    images = pd.DataFrame({"image_id": ["1", "2"], "subject_id": ["p", "q"], "label": [0, 1], "path": ["x", "y"]})
+    cohort = pd.DataFrame({"image_id": ["1", "2"], "machine_id": [21, 29], "site_id": [1, 1]})
+    merged = splits.with_stratification_columns(images, cohort, ["machine_id"], key="split.stratify_by.rsna")
+    assert merged["machine_id"].tolist() == [21, 29] and "site_id" not in merged
+    with pytest.raises(splits.SplitError, match=r"split.stratify_by.rsna: no column\(s\) \['scanner'\].*machine_id"):
+        splits.with_stratification_columns(images, cohort, ["scanner"], key="split.stratify_by.rsna")
+    with pytest.raises(splits.SplitError, match=r"split.stratify_by.rsna: 1 image\(s\) without a cohort row"):
+        splits.with_stratification_columns(images, cohort.iloc[:1], ["machine_id"], key="split.stratify_by.rsna")
+    with pytest.raises(splits.SplitError, match=r"split.stratify_by: no column\(s\) \['machine_id'\]"):
+        splits.subject_split(images, stratify_by=["machine_id"])
+
+
+def test_the_markdown_report_shows_each_machines_subjects_per_split(tmp_path):
+    frame = splits.subject_split(with_machines(make_frame(60, 0.5)), seed=1, stratify_by=["machine_id"])
+    splits.write_split_report(frame, tmp_path / "r.csv", tmp_path / "r.md", stratify_by=["machine_id"])
+    text = (tmp_path / "r.md").read_text()
+    assert "stratified by subject label (max image label) and machine_id" in text
+    assert "Subjects per machine_id, split and label:" in text and "| machine_id | train positive |" in text
+    assert list(pd.read_csv(tmp_path / "r.csv").columns)[0] == "split"  # the CSV report keeps its columns

@@ -51,6 +51,8 @@ def test_missing_data_says_what_to_download_and_where(workdir):
         ({"training": {"batch_size": "thirty-two"}}, ["batch_size", "thirty-two"]),
         ({"training": {"tuned_step": "fast"}}, ["tuned_step", "fast"]),
         ({"split": {"fractions": [0.5, 0.2, 0.2]}}, ["split.fractions"]),
+        ({"split": {"stratify_by": {"rsna": ["scanner"]}}}, ["split.stratify_by.rsna", "scanner", "machine_id"]),
+        ({"split": {"stratify_by": {"rsna": "machine_id"}}}, ["stratify_by", "machine_id"]),
     ],
 )
 def test_config_errors_fail_at_start_naming_the_key(workdir, overrides, expected):

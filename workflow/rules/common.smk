@@ -5,6 +5,8 @@ from pathlib import Path
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, value_version
 from leanmed.study import training_runs as study_training_runs
+from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
+from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from leanmed.train.weights import cache_problem as weights_cache_problem
@@ -50,6 +52,27 @@ def check_config():
         validate_fractions(config["split"]["fractions"])
     except SplitError as error:
         raise WorkflowError(f"config key {error}") from None
+    for dataset, columns in config["split"]["stratify_by"].items():
+        known = stratification_columns(dataset)
+        unknown = [column for column in columns if column not in known]
+        if unknown:
+            raise WorkflowError(
+                f"config key split.stratify_by.{dataset}: no column {', '.join(unknown)} to stratify the split by; "
+                f"{dataset} has {', '.join(known)}."
+            )
+
+
+def stratification_columns(dataset):
+    """Columns a dataset's split can be stratified by: the RSNA cohort's (the Kaggle train.csv columns, and any
+    others the configured train.csv has), the LIDC labels'."""
+    if dataset == "lidc":
+        return list(LIDC_LABELS_CSV_COLUMNS)
+    columns = list(KAGGLE_TRAIN_COLUMNS)
+    train_csv = Path(config["data"]["rsna"]["train_csv"])
+    if not config["demo"]["enabled"] and train_csv.is_file():
+        with open(train_csv) as handle:
+            columns += [name for name in handle.readline().strip().split(",") if name and name not in columns]
+    return columns
 
 
 check_config()
@@ -207,11 +230,17 @@ def dicom_preprocessing():
     )
 
 
-def labelled_images(wildcards):
-    """The per-image table the split of a dataset starts from."""
+def split_inputs(wildcards):
+    """The per-image table the split of a dataset starts from; for RSNA also the cohort, whose columns (machine_id,
+    site_id, ...) the split may be stratified by (split.stratify_by)."""
     if wildcards.dataset == "rsna":
-        return f"{RESULTS}/rsna/images.csv"
-    return f"{RESULTS}/lidc/labels.csv"
+        return {"images": f"{RESULTS}/rsna/images.csv", "cohort": f"{RESULTS}/rsna/cohort.csv"}
+    return {"images": f"{RESULTS}/lidc/labels.csv"}
+
+
+def split_stratify_by(wildcards):
+    """The columns besides the label that the split of a dataset is stratified by (config split.stratify_by)."""
+    return list(config["split"]["stratify_by"].get(wildcards.dataset, []))
 
 
 # ---------------------------------------------------------------- the study's jobs

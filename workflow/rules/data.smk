@@ -133,7 +133,7 @@ rule lidc_labels:
 
 rule split:
     input:
-        images=labelled_images,
+        unpack(split_inputs),
     output:
         split=f"{RESULTS}/{{dataset}}/split.csv",
         report_csv=f"{RESULTS}/{{dataset}}/split_report.csv",
@@ -145,6 +145,7 @@ rule split:
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
+        stratify_by=split_stratify_by,
         code=SPLIT_CODE_VERSION,
     script:
         "../scripts/split.py"

@@ -1,4 +1,4 @@
-"""Rule split: subject-level, label-stratified, seeded train/val/test split and its report."""
+"""Rule split: subject-level, label-stratified (and optionally machine-stratified), seeded split and its report."""
 import logging
 import sys
 
@@ -7,9 +7,16 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 
 import pandas as pd
 
-from leanmed.data.splits import subject_split, write_split_csv, write_split_report
+from leanmed.data.splits import subject_split, with_stratification_columns, write_split_csv, write_split_report
 
+stratify_by = list(snakemake.params.stratify_by)
 images = pd.read_csv(snakemake.input.images, dtype={"image_id": str, "subject_id": str})
-split = subject_split(images, fractions=tuple(snakemake.params.fractions), seed=snakemake.params.seed)
+if stratify_by:
+    has_cohort = "cohort" in snakemake.input.keys()
+    cohort = pd.read_csv(snakemake.input.cohort, dtype={"image_id": str}) if has_cohort else None
+    key = f"split.stratify_by.{snakemake.wildcards.dataset}"
+    images = with_stratification_columns(images, cohort, stratify_by, key=key)
+split = subject_split(images, fractions=tuple(snakemake.params.fractions), seed=snakemake.params.seed,
+                      stratify_by=stratify_by)
 write_split_csv(split, snakemake.output.split)
-write_split_report(split, snakemake.output.report_csv, snakemake.output.report_md)
+write_split_report(split, snakemake.output.report_csv, snakemake.output.report_md, stratify_by=stratify_by)

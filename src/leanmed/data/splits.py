@@ -110,6 +110,40 @@ def subject_labels(df: pd.DataFrame, subject_col: str = "subject_id", label_col:
     return df.groupby(subject_col, sort=True)[label_col].max()
 
 
+def _as_text(value: object) -> str:
+    """A stratification value as text: "" for an empty one, whole floats without ".0" (a column with empty values
+    is read as floats)."""
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _subject_value(values: pd.Series) -> str:
+    """One subject's value of a stratification column: the most frequent among its images (ties: the smallest in
+    text order), as text; empty values count as ""."""
+    counts = values.map(_as_text).value_counts()
+    return min(counts.index[counts == counts.max()])
+
+
+def _subject_strata(df: pd.DataFrame, labels_by_subject: pd.Series, subject_col: str,
+                    stratify_by: tuple[str, ...]) -> pd.Series:
+    """Each subject's stratum: its label alone, or (label, value, ...) with the `stratify_by` columns."""
+    if not stratify_by:
+        return labels_by_subject
+    values = df.groupby(subject_col, sort=True)[list(stratify_by)].agg(_subject_value)
+    keys = [(label, *values.loc[subject]) for subject, label in labels_by_subject.items()]
+    return pd.Series(keys, index=labels_by_subject.index, dtype=object)
+
+
+def _stratum_order(stratum) -> tuple:
+    """Strata in a fixed order: by label, then by the stratification values as text."""
+    if isinstance(stratum, tuple):
+        return (stratum[0], *map(str, stratum[1:]))
+    return (stratum,)
+
+
 def _check_split_input(df: pd.DataFrame, subject_col: str, label_col: str) -> None:
     missing = [column for column in (subject_col, label_col) if column not in df.columns]
     if missing:
@@ -128,6 +162,7 @@ def subject_split(
     seed: int = 42,
     subject_col: str = "subject_id",
     label_col: str = "label",
+    stratify_by: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Assign every row (image) of `df` to train, val or test by subject, stratified by subject-level label.
 
@@ -138,7 +173,12 @@ def subject_split(
       they are shuffled with `numpy.random.default_rng(seed)` (after sorting the subject ids, so the result does
       not depend on the row order of `df`) and dealt out so that each split gets the same share of each group,
       to within about one subject.
-    - `seed`: the same seed and the same set of subjects and labels give the same split.
+    - `stratify_by`: further subject-level columns to stratify on (e.g. the RSNA `machine_id`): the groups are then
+      (label, value, ...), so that each split gets the same share of every machine's positive and negative
+      subjects. A subject's value is the most frequent one among its images (ties: the smallest in text order);
+      an empty value is a group of its own. Without it, a small validation split can hold one scanner's images
+      mostly in one class by chance, and early stopping and test figures then measure the scanner.
+    - `seed`: the same seed and the same set of subjects and labels (and stratification values) give the same split.
 
     Returns a copy of `df` with a new column "split" holding "train", "val" or "test". Raises `SplitError` when
     the fractions are invalid (naming `split.fractions`), a column is missing or empty, or there are too few
@@ -147,6 +187,11 @@ def subject_split(
     train_fraction, val_fraction, test_fraction = validate_fractions(fractions)
     split_fractions = (train_fraction, val_fraction, test_fraction)
     _check_split_input(df, subject_col, label_col)
+    missing = [column for column in stratify_by if column not in df.columns]
+    if missing:
+        raise SplitError(
+            f"split.stratify_by: no column(s) {missing} to stratify on; the images have {list(df.columns)}"
+        )
     if "split" in df.columns:
         raise SplitError("subject_split: the frame already has a 'split' column; drop it first")
 
@@ -159,15 +204,16 @@ def subject_split(
             f"with split.fractions {list(split_fractions)}: every split needs at least one subject"
         )
 
-    strata = sorted(labels_by_subject.unique().tolist())
-    members = {label: labels_by_subject.index[labels_by_subject == label] for label in strata}
-    allocation = _allocate([len(members[label]) for label in strata], split_totals, split_fractions)
+    stratum_of_subject = _subject_strata(df, labels_by_subject, subject_col, tuple(stratify_by))
+    strata = sorted(stratum_of_subject.unique().tolist(), key=_stratum_order)
+    members = {stratum: stratum_of_subject.index[stratum_of_subject == stratum] for stratum in strata}
+    allocation = _allocate([len(members[stratum]) for stratum in strata], split_totals, split_fractions)
 
     rng = np.random.default_rng(seed)
     split_of_subject: dict[object, str] = {}
-    for row, label in enumerate(strata):
+    for row, stratum in enumerate(strata):
         # Sort by the text form so that subject ids of mixed types still have one well-defined order.
-        ordered = sorted(members[label].tolist(), key=lambda subject: (str(subject), repr(type(subject))))
+        ordered = sorted(members[stratum].tolist(), key=lambda subject: (str(subject), repr(type(subject))))
         shuffled = [ordered[position] for position in rng.permutation(len(ordered))]
         start = 0
         for column, name in enumerate(SPLIT_NAMES):
@@ -179,6 +225,27 @@ def subject_split(
     result = df.copy()
     result["split"] = result[subject_col].map(split_of_subject)
     return result
+
+
+def with_stratification_columns(images: pd.DataFrame, cohort: pd.DataFrame | None, columns: Sequence[str],
+                                key: str = "split.stratify_by") -> pd.DataFrame:
+    """`images` with the stratification `columns` it lacks taken from `cohort` (one row per image, matched on
+    image_id; the RSNA cohort holds machine_id and site_id). Raises `SplitError` naming `key` when a column is in
+    neither table, or an image has no cohort row."""
+    wanted = [column for column in columns if column not in images.columns]
+    if not wanted:
+        return images
+    available = sorted(set(images.columns) | (set(cohort.columns) if cohort is not None else set()))
+    unknown = [column for column in wanted if cohort is None or column not in cohort.columns]
+    if unknown:
+        raise SplitError(f"{key}: no column(s) {unknown} in the images or the cohort; available: {available}")
+    merged = images.merge(cohort[["image_id", *wanted]].drop_duplicates("image_id"), on="image_id", how="left",
+                          indicator=True)
+    unmatched = merged.loc[merged["_merge"] != "both", "image_id"].tolist()
+    if unmatched:
+        raise SplitError(f"{key}: {len(unmatched)} image(s) without a cohort row to take {wanted} from, e.g. "
+                         f"{unmatched[:5]}")
+    return merged.drop(columns="_merge")
 
 
 def _check_no_subject_leak(df: pd.DataFrame, subject_col: str) -> None:
@@ -220,6 +287,27 @@ def split_report(df: pd.DataFrame, subject_col: str = "subject_id", label_col: s
     return pd.DataFrame(rows)
 
 
+def stratum_report(df: pd.DataFrame, column: str, subject_col: str = "subject_id", label_col: str = "label"
+                   ) -> pd.DataFrame:
+    """Subjects per value of a stratification column and split, positive and negative apart: one row per value,
+    columns "<split> positive" and "<split> negative" (subject counts; a subject's value as `subject_split` takes
+    it), so that a value whose images lie mostly in one class of one split shows."""
+    labels = subject_labels(df, subject_col, label_col)
+    values = df.groupby(subject_col, sort=True)[column].agg(_subject_value)
+    splits = df.groupby(subject_col, sort=True)["split"].first()
+    subjects = pd.DataFrame({column: values, "label": labels, "split": splits})
+    rows = []
+    for value in sorted(subjects[column].unique(), key=str):
+        of_value = subjects[subjects[column] == value]
+        row = {column: value if value != "" else "(empty)"}
+        for name in SPLIT_NAMES:
+            in_split = of_value[of_value["split"] == name]
+            row[f"{name} positive"] = int((in_split["label"] == 1).sum())
+            row[f"{name} negative"] = int((in_split["label"] == 0).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_split_report(
     df: pd.DataFrame,
     csv_path: str | os.PathLike,
@@ -227,19 +315,24 @@ def write_split_report(
     title: str = "Split report",
     subject_col: str = "subject_id",
     label_col: str = "label",
+    stratify_by: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Compute `split_report(df)` for the split frame `df` and write it as CSV and as Markdown (a title line, a
-    sentence on how the split was made, the table); both atomically. Returns the report."""
+    sentence on how the split was made, the table, and per `stratify_by` column its `stratum_report`); both
+    atomically. Returns the report."""
     report = split_report(df, subject_col, label_col)
     write_text_atomically(csv_path, report.to_csv(index=False))
+    strata = "subject label (max image label)" + "".join(f" and {column}" for column in stratify_by)
     lines = [
         f"# {title}",
         "",
-        "Subject-level split (no subject in two splits), stratified by subject label (max image label). "
+        f"Subject-level split (no subject in two splits), stratified by {strata}. "
         "positives/negatives count images; positive_share = positives / images.",
         "",
         markdown_table(report),
     ]
+    for column in stratify_by:
+        lines += ["", f"Subjects per {column}, split and label:", "", markdown_table(stratum_report(df, column))]
     write_text_atomically(md_path, "\n".join(lines))
     return report
 

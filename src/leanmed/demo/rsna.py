@@ -44,10 +44,13 @@ RSNA_AGE_RANGE_YEARS = (30, 80)
 RSNA_BENIGN_SHARE_OF_NEGATIVES = 1 / 3
 
 #: Machines seen at each site of the real data (ids only; which machine made an image carries no label signal here).
+#: Each machine has one display profile, as a scanner has its display settings: the machine at index i of its site
+#: uses RSNA_DISPLAY_PROFILES[i % 4].
 RSNA_MACHINES_BY_SITE = {1: (21, 29, 93, 216), 2: (48, 49, 170, 190, 197, 210)}
 
-#: Display profiles cycled over patients so that every mix appears in any dataset of 4 or more patients:
-#: (photometric interpretation, VOI LUT function, whether the window attributes hold 3 values as on some real scanners).
+#: Display profiles cycled over patients so that every mix appears in any dataset of 4 or more patients (each patient
+#: then gets one of the machines with that profile): (photometric interpretation, VOI LUT function, whether the window
+#: attributes hold 3 values as on some real scanners). SIGMOID displays darker than LINEAR for the same window.
 RSNA_DISPLAY_PROFILES = (
     ("MONOCHROME2", "LINEAR", False),
     ("MONOCHROME1", "LINEAR", False),
@@ -72,6 +75,12 @@ RSNA_PATIENT_ORIENTATION = {
 # ----------------------------------------------------------------------------------------------------------------------
 # RSNA: metadata
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _machines_with_profile(site: int, profile: int) -> tuple[int, ...]:
+    """The machines of ``site`` whose display profile is RSNA_DISPLAY_PROFILES[profile]."""
+    machines = RSNA_MACHINES_BY_SITE[site]
+    return tuple(machines[index] for index in range(profile, len(machines), len(RSNA_DISPLAY_PROFILES)))
 
 
 def _rsna_patient_table(
@@ -103,7 +112,8 @@ def _rsna_patient_table(
         n_age_missing = max(n_age_missing, 1)
     ages[rng.choice(n_patients, size=n_age_missing, replace=False)] = np.nan
 
-    machine = np.array([rng.choice(RSNA_MACHINES_BY_SITE[s]) for s in site], dtype=np.int64)
+    profile = np.arange(n_patients) % len(RSNA_DISPLAY_PROFILES)
+    machine = np.array([rng.choice(_machines_with_profile(s, p)) for s, p in zip(site, profile)], dtype=np.int64)
     density_letters = rng.choice(np.array(["A", "B", "C", "D"], dtype=object), size=n_patients, p=[0.1, 0.4, 0.4, 0.1])
     density = np.where(site == 2, np.nan, density_letters).astype(object)
 
@@ -117,7 +127,6 @@ def _rsna_patient_table(
     difficult_negative = (~has_cancer) & (rng.random(n_patients) < 0.12)
     implant = rng.random(n_patients) < 0.02
     n_images = rng.choice([2, 3, 4], size=n_patients, p=[0.1, 0.15, 0.75])
-    profile = np.arange(n_patients) % len(RSNA_DISPLAY_PROFILES)
     # Site 2 reports no BI-RADS: its subjects show a finding when they have a cancer.
     appearance = [
         draw_subject_appearance(rng, bool(b == 0) if not np.isnan(b) else bool(c), difficulty)
