@@ -32,6 +32,8 @@ class RsnaDifficulty:
     """How hard the generated RSNA labels are to predict: the demo config's ``demo.rsna`` knobs.
 
     calcification_contrast: peak brightness of one calcification, as a multiple of the breast's tissue level.
+        Measured on the demo data (label_noise 0.03, 6 seeds of a probe loop like the job's): 1.0 put the demo's
+        CNN at 0.94-0.96 balanced accuracy, above the 0.95 aimed for; 0.8 at 0.88-0.95 (mean 0.91).
     calcification_size: radius of one calcification as a fraction of the image height (a pixel of a 32-pixel training
         image is about 0.025 of it, since the breast fills about 80 % of the height).
     density_shift: extra brightness (a multiple of the tissue level) of the fibroglandular cone of subjects who show a
@@ -45,7 +47,7 @@ class RsnaDifficulty:
     subject_variation: half-width of the spread of a subject's finding visibility around 1 (uniform).
     """
 
-    calcification_contrast: float = 1.0
+    calcification_contrast: float = 0.8
     calcification_size: float = 0.02
     density_shift: float = 0.15
     label_noise: float = 0.03
