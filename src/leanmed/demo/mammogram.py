@@ -38,8 +38,9 @@ class RsnaDifficulty:
         image is about 0.025 of it, since the breast fills about 80 % of the height).
     density_shift: extra brightness (a multiple of the tissue level) of the fibroglandular cone of subjects who show a
         finding, largest where the breast is thickest; against a label-free per-subject brightness spread of
-        +-SUBJECT_BRIGHTNESS_SPREAD. The coarse cue that survives downsampling. Measured on the demo data: at 0.15 the
-        demo's CNN keeps 0.78-0.79 balanced accuracy at S = 4; the demo's MLP learns it only from about 0.4.
+        +-SUBJECT_BRIGHTNESS_SPREAD. The coarse cue that survives downsampling. Measured in the demo study (the split
+        stratified by machine): at 0.15 the CNN keeps 0.77-0.78 balanced accuracy at S = 4 and the MLP, which learns
+        this cue only, reaches 0.67-0.70.
     label_noise: share of subjects whose BI-RADS disagrees with what their images show (a recall for reasons not in
         the image, a missed finding): it caps balanced accuracy at about 1 - label_noise. Measured on the demo data:
         at 0.06 the CNN's validation loss rose as it grew confident on the mislabelled subjects, early stopping kept
