@@ -230,3 +230,10 @@ def test_cohort_of_generated_demo_data_matches_a_direct_filter(tmp_path):
     assert cohort["label"].tolist() == (eligible["BIRADS"] == 0).astype(int).tolist()
     assert counts(report, "info") == {rsna.INFO_DICOM_ABSENT: (0, 0)}
     assert all((tmp_path / "train_images" / path).is_file() for path in cohort["dicom_path"])
+
+
+def test_train_csv_columns_are_the_kaggle_ones_then_the_extra_ones_of_the_header(tmp_path):
+    path = tmp_path / "train.csv"
+    # A spreadsheet export: byte-order mark, a quoted column name with a comma.
+    path.write_text('site_id,patient_id,"scanner, room",image_id\n1,2,3,4\n', encoding="utf-8-sig")
+    assert rsna.train_csv_columns(path) == [*rsna.KAGGLE_TRAIN_COLUMNS, "scanner, room"]

@@ -6,7 +6,7 @@ from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, value_version
 from leanmed.study import training_runs as study_training_runs
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
-from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS
+from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
 from leanmed.train.weights import cache_problem as weights_cache_problem
@@ -67,12 +67,10 @@ def stratification_columns(dataset):
     others the configured train.csv has), the LIDC labels'."""
     if dataset == "lidc":
         return list(LIDC_LABELS_CSV_COLUMNS)
-    columns = list(KAGGLE_TRAIN_COLUMNS)
     train_csv = Path(config["data"]["rsna"]["train_csv"])
     if not config["demo"]["enabled"] and train_csv.is_file():
-        with open(train_csv) as handle:
-            columns += [name for name in handle.readline().strip().split(",") if name and name not in columns]
-    return columns
+        return train_csv_columns(train_csv)
+    return list(KAGGLE_TRAIN_COLUMNS)
 
 
 check_config()

@@ -148,6 +148,13 @@ def _read_header(path: Path) -> list[str]:
     return header
 
 
+def train_csv_columns(path: str | os.PathLike) -> list[str]:
+    """The columns a cohort built from the train.csv at ``path`` carries on: the Kaggle 14, then any others its header
+    names (read as the cohort reads it)."""
+    header = _read_header(Path(path))
+    return [*KAGGLE_TRAIN_COLUMNS, *(name for name in header if name not in KAGGLE_TRAIN_COLUMNS)]
+
+
 def _coerce_numeric(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
     """(numeric values with NaN for missing or bad text, mask of rows whose text was present but not a number)."""
     text = frame[column]
