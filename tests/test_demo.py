@@ -420,7 +420,8 @@ def test_command_line_writes_both_datasets(tmp_path, capsys):
     ds = pydicom.dcmread(tmp_path / "rsna" / "train_images" / str(row["patient_id"]) / f"{row['image_id']}.dcm")
     assert ds.pixel_array.shape == (64, 48)
 
-    assert demo_cli.main(["lidc", str(tmp_path / "lidc.pickle"), "--patients", "2", "--patches", "3", "--seed", "2"]) == 0
+    lidc_arguments = ["lidc", str(tmp_path / "lidc.pickle"), "--patients", "2", "--patches", "3", "--seed", "2"]
+    assert demo_cli.main(lidc_arguments) == 0
     with open(tmp_path / "lidc.pickle", "rb") as handle:
         assert len(pickle.load(handle)) == 6
     printed = capsys.readouterr().out

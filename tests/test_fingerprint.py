@@ -18,7 +18,9 @@ def package(tmp_path, monkeypatch):
     files = {
         "__init__.py": "",
         "atomic.py": "def write(): pass\n",
-        "step.py": "from leanmed import atomic\n\ndef run():\n    from leanmed.sub.helper import value\n    return value\n",
+        "step.py": (
+            "from leanmed import atomic\n\ndef run():\n    from leanmed.sub.helper import value\n    return value\n"
+        ),
         "sub/__init__.py": "",
         "sub/helper.py": "import leanmed.sub.deep\nvalue = 1\n",
         "sub/deep.py": "import numpy\nCONSTANT = 2\n",
