@@ -327,6 +327,21 @@ def _n_raters(entry: dict) -> int:
     return sum(int(mask.any()) for mask in entry["masks"])
 
 
+def _nodule_excess(entry: dict) -> np.ndarray:
+    """The brightness inside the raters' outline above the median outside it, pixel by pixel."""
+    union = np.logical_or.reduce([mask.astype(bool) for mask in entry["masks"]])
+    return entry["image"][union] - np.median(entry["image"][~union])
+
+
+def _nodule_contrast(entry: dict) -> float:
+    return float(_nodule_excess(entry).mean())
+
+
+def _nodule_brightness(entry: dict) -> float:
+    """A nodule's total brightness above its surroundings: contrast times area."""
+    return float(_nodule_excess(entry).sum())
+
+
 def test_lidc_pickle_has_the_documented_structure(lidc):
     _, summary, data = lidc
     assert isinstance(data, dict) and len(data) == summary["n_patches"] == 30
@@ -377,12 +392,7 @@ def test_lidc_raters_outline_the_same_nodule_with_different_extents(lidc):
 
 def test_lidc_nodules_marked_by_two_or_more_raters_are_clear(lidc):
     _, _, data = lidc
-    contrasts = []
-    for entry in data.values():
-        if _n_raters(entry) >= 2:
-            union = np.logical_or.reduce([mask.astype(bool) for mask in entry["masks"]])
-            contrast = entry["image"][union].mean() - np.median(entry["image"][~union])
-            contrasts.append(contrast)
+    contrasts = [_nodule_contrast(entry) for entry in data.values() if _n_raters(entry) >= 2]
     assert min(contrasts) > 0.15
     # Unmarked patches have no nodule at the centre, where the real crops put it: the centre is not brighter than
     # the surroundings by as much.
@@ -392,6 +402,27 @@ def test_lidc_nodules_marked_by_two_or_more_raters_are_clear(lidc):
         centre = uniform_filter(image, size=7)[52:76, 52:76].max() - np.median(image)
         centre_excess[_n_raters(entry) >= 2].append(centre)
     assert _auc(centre_excess[True], centre_excess[False]) >= 0.9
+
+
+def test_lidc_borderline_nodules_look_alike_whether_one_or_two_raters_marked_them(tmp_path):
+    brightness = {}
+    for fraction in (0.0, 1.0):
+        path = tmp_path / f"borderline_{fraction}.pickle"
+        summary = demo.generate_lidc(path, n_patients=24, patches_per_patient=5, seed=7, borderline_fraction=fraction)
+        with open(path, "rb") as handle:
+            data = pickle.load(handle)
+        one_or_two = [entry for entry in data.values() if _n_raters(entry) in (1, 2)]
+        assert summary["n_borderline"] == (len(one_or_two) if fraction else 0)
+        assert summary["n_by_raters"] == {k: sum(_n_raters(e) == k for e in data.values()) for k in range(5)}
+        brightness[fraction] = {
+            count: [_nodule_brightness(entry) for entry in one_or_two if _n_raters(entry) == count] for count in (1, 2)
+        }
+    # Without borderline nodules two raters' nodules are plainly larger and brighter than one rater's; with all of
+    # them borderline the image no longer tells the label (tumour: >= 2 raters) at this boundary.
+    assert _auc(brightness[0.0][2], brightness[0.0][1]) >= 0.95
+    assert 0.2 <= _auc(brightness[1.0][2], brightness[1.0][1]) <= 0.8
+    with pytest.raises(ValueError, match="borderline_fraction"):
+        demo.generate_lidc(tmp_path / "bad.pickle", n_patients=4, patches_per_patient=5, borderline_fraction=1.5)
 
 
 def test_lidc_is_deterministic_from_its_seed(lidc, tmp_path):
@@ -421,6 +452,7 @@ def test_command_line_writes_both_datasets(tmp_path, capsys):
     assert ds.pixel_array.shape == (64, 48)
 
     lidc_arguments = ["lidc", str(tmp_path / "lidc.pickle"), "--patients", "2", "--patches", "3", "--seed", "2"]
+    lidc_arguments += ["--borderline-fraction", "0.5"]
     assert demo_cli.main(lidc_arguments) == 0
     with open(tmp_path / "lidc.pickle", "rb") as handle:
         assert len(pickle.load(handle)) == 6

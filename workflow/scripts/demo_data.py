@@ -21,6 +21,7 @@ lidc_arguments = dict(
     out_path=snakemake.output.lidc_pickle,
     n_patients=demo["lidc"]["patients"],
     patches_per_patient=demo["lidc"]["patches_per_patient"],
+    borderline_fraction=demo["lidc"]["borderline_fraction"],
     seed=demo["seed"],
 )
 with ProcessPoolExecutor(max_workers=1) if snakemake.threads > 1 else nullcontext() as other_process:

@@ -9,7 +9,8 @@ Two generators:
   calcifications, the others a smooth density of the same brightness: the label signal has a controllable strength
   and scale (leanmed.demo.mammogram.RsnaDifficulty), checked by leanmed.demo.calibration.
 * :func:`generate_lidc` writes a pickle shaped like the LIDC-IDRI crops of the Probabilistic U-Net: a dict of
-  128x128 float32 CT patches in [0, 1], each with the masks of 4 raters (empty for raters who did not mark a nodule).
+  128x128 float32 CT patches in [0, 1], each with the masks of 4 raters (empty for raters who did not mark a nodule);
+  ``borderline_fraction`` of the nodules marked by one or two raters look alike, so the image cannot tell their label.
 
 Both are deterministic from their seed: the same seed gives a byte-identical ``train.csv``, identical DICOM files and
 an identical pickle. Nothing is downloaded.

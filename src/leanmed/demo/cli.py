@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     lidc.add_argument("--patches", type=int, default=6, help="patches per patient")
     lidc.add_argument("--seed", type=int, default=0)
     lidc.add_argument("--patch-size", type=int, default=128, help="patch side in pixels")
+    lidc.add_argument(
+        "--borderline-fraction", type=float, default=0.0, help="share of 1- and 2-rater nodules of the borderline look"
+    )
 
     args = parser.parse_args(argv)
     if args.dataset == "rsna":
@@ -59,6 +62,7 @@ def main(argv=None) -> int:
             patches_per_patient=args.patches,
             seed=args.seed,
             patch_size=args.patch_size,
+            borderline_fraction=args.borderline_fraction,
         )
         print(
             f"wrote {summary['n_patches']} patches to {summary['path']} "

@@ -19,6 +19,14 @@ from leanmed.demo.sampling import exact_counts, smooth_noise
 LIDC_RATER_FRACTIONS = {0: 0.30, 1: 0.15, 2: 0.15, 3: 0.15, 4: 0.25}
 #: Root of the LIDC-IDRI series UIDs.
 LIDC_UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
+#: Radius (px) and contrast ranges of a nodule by its number of raters: faint and small when one rater marked it,
+#: clear when two or more did; a borderline nodule (see generate_lidc's ``borderline_fraction``) lies between the two.
+NODULE_LOOK = {
+    1: ((2.5, 4.0), (0.2, 0.3)),
+    2: ((4.0, 7.0), (0.45, 0.6)),
+    3: ((5.0, 12.0), (0.5, 0.7)),
+    "borderline": ((3.0, 5.5), (0.28, 0.47)),
+}
 
 
 def _draw_vessel(
@@ -46,13 +54,16 @@ def _draw_vessel(
     image += contrast * tube * lung
 
 
-def _lidc_patch(rng: np.random.Generator, n_raters: int, size: int, lung_level: float) -> tuple[np.ndarray, list]:
+def _lidc_patch(
+    rng: np.random.Generator, n_raters: int, size: int, lung_level: float, borderline: bool = False
+) -> tuple[np.ndarray, list]:
     """One CT patch in [0, 1] (float32) and the 4 raters' masks (uint8 0/1).
 
     Lung parenchyma is dark with smooth texture; vessels are bright curved tubes; some patches show the chest wall.
     A nodule (n_raters >= 1) is a bright, slightly lobulated blob near the centre (the real crops are centred on the
-    annotation): faint and small when one rater marked it, clear when two or more did. Each marking rater's mask
-    outlines the nodule at a slightly different extent; the other raters' masks are empty.
+    annotation): faint and small when one rater marked it, clear when two or more did (NODULE_LOOK), of the
+    in-between borderline look when ``borderline``. Each marking rater's mask outlines the nodule at a slightly
+    different extent; the other raters' masks are empty.
     """
     image = np.float32(lung_level) + np.float32(0.03) * smooth_noise(rng, (size, size), (10, 10))
     if rng.random() < 0.4:  # chest wall entering from one side, with a curved border
@@ -74,12 +85,8 @@ def _lidc_patch(rng: np.random.Generator, n_raters: int, size: int, lung_level: 
 
     masks = [np.zeros((size, size), dtype=np.uint8) for _ in range(4)]
     if n_raters >= 1:
-        if n_raters == 1:
-            radius, contrast = rng.uniform(2.5, 4.0), rng.uniform(0.2, 0.3)
-        elif n_raters == 2:
-            radius, contrast = rng.uniform(4.0, 7.0), rng.uniform(0.45, 0.6)
-        else:
-            radius, contrast = rng.uniform(5.0, 12.0), rng.uniform(0.5, 0.7)
+        (radius_range, contrast_range) = NODULE_LOOK["borderline" if borderline else min(n_raters, 3)]
+        radius, contrast = rng.uniform(*radius_range), rng.uniform(*contrast_range)
         grid_rows, grid_cols = np.mgrid[0:size, 0:size].astype(np.float32)
         offset_rows, offset_cols = grid_rows - np.float32(center[0]), grid_cols - np.float32(center[1])
         angle = np.arctan2(offset_rows, offset_cols)
@@ -96,8 +103,16 @@ def _lidc_patch(rng: np.random.Generator, n_raters: int, size: int, lung_level: 
     return np.clip(image, 0.0, 1.0).astype(np.float32), masks
 
 
-def generate_lidc(out_path, n_patients=20, patches_per_patient=6, seed=0, patch_size=128) -> dict:
+def generate_lidc(
+    out_path, n_patients=20, patches_per_patient=6, seed=0, patch_size=128, borderline_fraction=0.0
+) -> dict:
     """Write an LIDC-IDRI lookalike pickle (Probabilistic U-Net layout) and return a summary.
+
+    borderline_fraction: share of the nodules marked by one or by two raters that have the borderline look
+        (NODULE_LOOK["borderline"], the same whichever of the two counts): the nodules real raters split on, whose
+        label (tumour when >= 2 of 4 raters marked it) the image cannot tell. It caps balanced accuracy: at 1, about
+        0.85 (half of the borderline patches misread); at 0 (the default) a clear nodule always means a tumour, and
+        the random draws are those of earlier versions, so the same seed gives the same pickle.
 
     The pickle holds a dict ``"LIDC-IDRI-0001_slice_12_nodule_0" -> {"image": float32 (patch_size, patch_size) in
     [0, 1], "masks": list of 4 uint8 0/1 arrays, "series_uid": str}``; the patient id is the text before the first
@@ -105,13 +120,15 @@ def generate_lidc(out_path, n_patients=20, patches_per_patient=6, seed=0, patch_
 
     Returns:
         dict with ``path``, ``n_patients``, ``n_patches``, ``n_by_raters`` ({0..4: count}),
-        ``n_at_least_2_raters`` and ``n_at_least_3_raters``.
+        ``n_at_least_2_raters``, ``n_at_least_3_raters`` and ``n_borderline`` (patches of the borderline look).
     """
     n_patients, patches_per_patient, patch_size = int(n_patients), int(patches_per_patient), int(patch_size)
     if n_patients < 1 or patches_per_patient < 1:
         raise ValueError("n_patients and patches_per_patient must be positive")
     if patch_size < 32:
         raise ValueError("patch_size must be at least 32 pixels")
+    if not 0.0 <= borderline_fraction <= 1.0:
+        raise ValueError(f"demo.lidc.borderline_fraction must lie in [0, 1], got {borderline_fraction}")
     rng = np.random.default_rng(seed)
     n_patches = n_patients * patches_per_patient
     counts = exact_counts(n_patches, LIDC_RATER_FRACTIONS, ensure_each=True)
@@ -119,6 +136,7 @@ def generate_lidc(out_path, n_patients=20, patches_per_patient=6, seed=0, patch_
 
     patient_numbers = np.sort(rng.choice(np.arange(1, max(1012, n_patients) + 1), size=n_patients, replace=False))
     data = {}
+    n_borderline = 0
     for patient_index, patient_number in enumerate(patient_numbers):
         patient_id = f"LIDC-IDRI-{patient_number:04d}"
         series_uid = LIDC_UID_ROOT + str(rng.integers(1, 10)) + "".join(str(d) for d in rng.integers(0, 10, 29))
@@ -126,7 +144,11 @@ def generate_lidc(out_path, n_patients=20, patches_per_patient=6, seed=0, patch_
         slices = np.sort(rng.choice(np.arange(20, 300), size=patches_per_patient, replace=False))
         for nodule_index, slice_index in enumerate(slices):
             n_raters = int(raters_per_patch[patient_index * patches_per_patient + nodule_index])
-            image, masks = _lidc_patch(rng, n_raters, patch_size, lung_level)
+            # Drawn only when the knob is on, so that borderline_fraction 0 keeps earlier versions' random stream.
+            borderline = n_raters in (1, 2) and borderline_fraction > 0 and rng.random() < borderline_fraction
+            if borderline:
+                n_borderline += 1
+            image, masks = _lidc_patch(rng, n_raters, patch_size, lung_level, borderline)
             key = f"{patient_id}_slice_{slice_index}_nodule_{nodule_index}"
             data[key] = {"image": image, "masks": masks, "series_uid": series_uid}
 
@@ -142,4 +164,5 @@ def generate_lidc(out_path, n_patients=20, patches_per_patient=6, seed=0, patch_
         "n_by_raters": n_by_raters,
         "n_at_least_2_raters": int((raters_per_patch >= 2).sum()),
         "n_at_least_3_raters": int((raters_per_patch >= 3).sum()),
+        "n_borderline": n_borderline,
     }
