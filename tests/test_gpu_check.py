@@ -41,6 +41,19 @@ def test_ratios_to_fp32_per_dataset_skip_the_first_epoch(tmp_path):
     assert "NVIDIA H200" in text and "0.52" in text and "1.50" in text
 
 
+def test_it_names_the_runs_outside_the_accuracy_band_the_data_is_made_for(tmp_path, capsys):
+    rows = [write_run(tmp_path, "rsna", setting, 1000, [2.0, 2.0]) for setting in ("fp32", "amp", "8bit")]
+    rows[1]["test_balanced_accuracy"], rows[2]["test_balanced_accuracy"] = 1.0, float("nan")
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    assert gpu_check.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "0.70-0.97" in printed and "1 of 3 runs in it" in printed
+    assert "outside it: rsna amp 1.000, rsna 8bit nan." in printed
+    rows[1]["test_balanced_accuracy"] = rows[2]["test_balanced_accuracy"] = 0.9
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    assert "3 of 3 runs in it; all in it." in gpu_check.format_accuracy_band(gpu_check.ratios_table(tmp_path))
+
+
 def test_without_a_gpu_it_says_so_at_once(capsys):
     available, _ = gpu_check.gpu_available()
     if available:

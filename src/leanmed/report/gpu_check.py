@@ -11,6 +11,10 @@ The table has one row per dataset and setting at scale 1:
   same number of steps per epoch (same split, same batch size), so the epoch ratio is the step-time ratio;
 - inference peak memory ratio, test balanced accuracy, status, and the device the run used.
 
+Below it, whether each test balanced accuracy lies in ACCURACY_BAND, the band the check's generated data is made for
+(profiles/gpu-check/gpu-check-study.yaml): above it the data is too easy to show a setting losing accuracy, below it
+the model did not learn within the short schedule.
+
 Then one line per training job: its wall seconds (Snakemake's benchmark file: process start to end), the seconds of
 its training and validation passes (metrics.json), and the rest, the job's fixed cost (imports, CUDA start, model
 build, energy tracker, test evaluation, inference timing, writing), with the GPU it claimed and whether its energy was
@@ -32,6 +36,8 @@ import pandas as pd
 from leanmed.report.aggregate import run_dir
 
 MIB = 2**20
+#: Test balanced accuracy the GPU check's data is made for (densenet121 at 128 px; BENCHMARKS.md "The GPU check's data").
+ACCURACY_BAND = (0.70, 0.97)
 NO_GPU_MESSAGE = (
     "make gpu-check: no CUDA GPU is visible here (torch.cuda.is_available() is False{detail}). The GPU check study "
     "trains on one GPU with --resources gpu=1; run it on a machine with an NVIDIA GPU and a CUDA build of torch."
@@ -149,6 +155,20 @@ def format_table(table: pd.DataFrame) -> str:
             "2.. (same steps per epoch for every setting: the step-time ratio)\n" + shown.to_string(index=False))
 
 
+def format_accuracy_band(table: pd.DataFrame) -> str:
+    """One line: do the runs' test balanced accuracies lie in ACCURACY_BAND, naming those that do not."""
+    low, high = ACCURACY_BAND
+    outside = [
+        f"{row.dataset} {row.setting} {row.balanced_accuracy:.3f}"
+        for row in table.itertuples()
+        if not low <= row.balanced_accuracy <= high  # NaN (no test result) counts as outside
+    ]
+    verdict = "all in it" if not outside else "outside it: " + ", ".join(outside)
+    return (f"Test balanced accuracy against the band the check's data is made for ({low:.2f}-{high:.2f}; above: too "
+            f"easy to show a loss, below: not learned): {len(table) - len(outside)} of {len(table)} runs in it; "
+            f"{verdict}.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leanmed.report.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", nargs="?", help="results folder of the GPU check study (holds summary.csv)")
@@ -162,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make gpu-check: GPU found: {detail}")
     if args.results_dir:
         if (Path(args.results_dir) / "summary.csv").is_file():
-            print(format_table(ratios_table(args.results_dir)))
+            table = ratios_table(args.results_dir)
+            print(format_table(table))
+            if not table.empty:
+                print(format_accuracy_band(table))
         else:
             print(f"{args.results_dir}/summary.csv not found: the study did not finish (ratios need every run)")
         print()
