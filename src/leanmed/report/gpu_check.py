@@ -36,7 +36,8 @@ import pandas as pd
 from leanmed.report.aggregate import run_dir
 
 MIB = 2**20
-#: Test balanced accuracy the GPU check's data is made for (densenet121 at 128 px; BENCHMARKS.md "The GPU check's data").
+#: Test balanced accuracy the GPU check's data is made for: densenet121 at 128 px (BENCHMARKS.md, "The GPU check's
+#: data").
 ACCURACY_BAND = (0.70, 0.97)
 NO_GPU_MESSAGE = (
     "make gpu-check: no CUDA GPU is visible here (torch.cuda.is_available() is False{detail}). The GPU check study "
