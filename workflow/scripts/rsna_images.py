@@ -6,7 +6,9 @@ import sys
 sys.stderr = open(snakemake.log.log, "w")
 logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 
-from leanmed.data.convert import merge_manifests, preprocessing_version
+from pathlib import Path
+
+from leanmed.data.convert import merge_manifests, preprocessing_version, remove_stale_images
 
 # Written first: it describes the PNGs even when the merge below fails on too many exclusions.
 options = snakemake.params.preprocessing
@@ -21,10 +23,12 @@ with open(snakemake.output.preprocessing, "w") as handle:
 
 # The exclusion list goes to the kept log file too: Snakemake deletes a failed job's outputs (excluded.csv), not its
 # logs, and the error past dicom.max_excluded_fraction names the kept file.
-merge_manifests(
+merged = merge_manifests(
     snakemake.input.manifests,
     snakemake.output.images,
     snakemake.output.excluded,
     max_excluded_fraction=snakemake.params.max_excluded_fraction,
     kept_excluded_csv=snakemake.log.excluded,
 )
+# PNGs of images a previous run converted and this one does not (a subject left the cohort) leave results/.
+remove_stale_images(merged, Path(snakemake.output.images).parent)

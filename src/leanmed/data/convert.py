@@ -27,6 +27,7 @@ from leanmed.data import openjpeg
 from leanmed.data.dicom import preprocess
 from leanmed.data.dicom_decode import DicomError
 from leanmed.data.png import is_current_png, write_png
+from leanmed.data.stale_files import remove_stale_pngs
 from leanmed.data.sources import shard_of  # noqa: F401  (part of this module's interface)
 from leanmed.fingerprint import code_version, value_version
 
@@ -311,3 +312,14 @@ def merge_manifests(
             f"Fix, restore or remove the files, or raise {CONFIG_KEY}.\n  {listed}{more}"
         )
     return merged
+
+
+def remove_stale_images(merged: pd.DataFrame, dataset_dir: str | os.PathLike) -> list[Path]:
+    """Delete the PNGs under ``dataset_dir``/png/images that no converted row of ``merged`` (merge_manifests' result)
+    names: images of a previous run whose DICOM left the cohort or now fails to convert. Returns the deleted files."""
+    dataset_dir = Path(dataset_dir)
+    current = [dataset_dir / path for path in merged.loc[merged["status"] == STATUS_OK, "path"]]
+    stale = remove_stale_pngs(dataset_dir / "png" / "images", current)
+    if stale:
+        log.info("removed %d PNGs of images no longer converted (e.g. %s)", len(stale), stale[0])
+    return stale

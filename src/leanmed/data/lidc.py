@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +33,10 @@ from PIL import Image
 
 from leanmed.atomic import write_text_atomically
 from leanmed.data.png import is_current_png, write_png
+from leanmed.data.stale_files import remove_stale_pngs
 from leanmed.fingerprint import code_version, value_version
+
+log = logging.getLogger(__name__)
 
 # Largest single read: macOS cannot read() 2 GiB or more in one call, hence the original writer's chunk size.
 MAX_READ_BYTES = 2**31 - 1
@@ -239,7 +243,8 @@ def label_patches(
     - PNG: 8-bit grey, `image_size` x `image_size` pixels (`patch_to_uint8`), at
       `<out_dir>/png/<safe_file_stem(key)>.png`, written atomically, recording its `patch_fingerprint` (with
       `code`, default `code_version("lidc_labels")`); a PNG already there with the same fingerprint is kept
-      untouched (same bytes and mtime), any other is rewritten;
+      untouched (same bytes and mtime), any other is rewritten; PNGs there of keys no longer in the pickle are
+      deleted (`leanmed.data.stale_files.remove_stale_pngs`);
     - `<out_dir>/labels.csv` (atomic), one row per patch sorted by key, columns image_id (the pickle key),
       subject_id (patient: key text before the first "_"), n_raters (0-4), label (0/1), path (relative to
       `out_dir`), fingerprint (the PNG's).
@@ -282,4 +287,7 @@ def label_patches(
         )
     labels = pd.DataFrame(rows, columns=list(LABELS_CSV_COLUMNS))
     write_text_atomically(out / "labels.csv", labels.to_csv(index=False))
+    stale = remove_stale_pngs(out / "png", [out / row["path"] for row in rows])
+    if stale:
+        log.info("removed %d PNGs of patches no longer in %s (e.g. %s)", len(stale), pickle_path, stale[0].name)
     return labels
