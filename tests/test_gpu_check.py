@@ -68,7 +68,7 @@ def test_the_gpu_check_profile_plans_the_chain_on_one_gpu_into_its_own_folder(tm
     workdir = copy_workflow(tmp_path / "study")
     jobs = planned_jobs(workdir, "--profile", "profiles/gpu-check")
     assert jobs["train"] == 11  # 5 settings x 2 datasets + one downsampling point
-    assert jobs["demo_data"] == 1 and jobs["all"] == 1
+    assert jobs["demo_rsna"] == jobs["demo_lidc"] == 1 and jobs["all"] == 1
     plan = snakemake(workdir, "-n", "--profile", "profiles/gpu-check").stdout
     assert "results/gpu-check/runs/rsna/densenet121/half_8bit/s1/seed1/metrics.json" in plan
     assert "results/gpu-check/runs/rsna/densenet121/fp32/s2/seed1/metrics.json" in plan

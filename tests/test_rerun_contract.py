@@ -2,9 +2,9 @@
 from scratch with the new configuration would, retraining what the change affects and touching nothing else.
 
 A tiny real study (both datasets, settings fp32 and half, whose fp16 weights + torch Adam diverge in the first
-epoch) runs end to end; then seven changes are applied one after the other, each followed by a real rerun:
+epoch) runs end to end; then eight changes are applied one after the other, each followed by a real rerun:
 the split seed, LIDC min_raters, a preprocessing option, the preprocessing code, one setting's registry entry, a
-training option and a new seed. After each rerun every affected run trained afresh (`resumed: false`, new files) and
+training option, a new seed and a knob of the LIDC generator. After each rerun every affected run trained afresh (`resumed: false`, new files) and
 every other run file and PNG is byte-identical with its old mtime. At the end a clean run from scratch with the final
 configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
 training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run.
@@ -127,9 +127,10 @@ class Study:
         )
 
 
-def assert_rerun(study, before, affected, pngs_redone=()):
+def assert_rerun(study, before, affected, pngs_redone=(), new_data=()):
     """After a rerun: `affected` runs (and runs that are new) trained from scratch; every other run file and every PNG
-    of a dataset not in `pngs_redone` is untouched (same bytes, same mtime)."""
+    of a dataset not in `pngs_redone` or `new_data` is untouched (same bytes, same mtime). A dataset in `new_data` was
+    generated anew: its PNGs' names differ (its patients and slices are new draws)."""
     after = study.state()
     for run, files in after["runs"].items():
         metrics = metrics_of(study.workdir, run)
@@ -142,7 +143,11 @@ def assert_rerun(study, before, affected, pngs_redone=()):
     for dataset in ("rsna", "lidc"):
         key = f"{dataset}_png"
         assert after[key], f"no {dataset} PNGs"
-        if dataset in pngs_redone:
+        if dataset in new_data:
+            # New draws, new patch names; a PNG whose image came out the same is left as it was (lidc_labels rewrites
+            # only what changed), and the clean-run test compares every PNG's bytes with a clean run's.
+            assert set(after[key]) != set(before[key]), f"{dataset} PNGs all kept"
+        elif dataset in pngs_redone:
             assert set(after[key]) == set(before[key])
             assert all(after[key][path][1] != before[key][path][1] for path in after[key]), f"{dataset} PNGs kept"
         else:
@@ -152,7 +157,7 @@ def assert_rerun(study, before, affected, pngs_redone=()):
 
 @pytest.fixture(scope="module")
 def changed_study(tmp_path_factory):
-    """The study run once, then changed seven times with a rerun after each; returns it with what each rerun did."""
+    """The study run once, then changed eight times with a rerun after each; returns it with what each rerun did."""
     study = Study(copy_workflow(tmp_path_factory.mktemp("changed")))
     study.run()
     base = study.state()
@@ -164,13 +169,14 @@ def changed_study(tmp_path_factory):
 
     steps = []
 
-    def change(name, config_changes=None, affected=(), pngs_redone=(), edited_setting=None, code_versions=None):
+    def change(name, config_changes=None, affected=(), pngs_redone=(), edited_setting=None, code_versions=None,
+               new_data=()):
         before = study.state()
         study.config = deep_merge(study.config, config_changes or {})
         study.edited_setting = edited_setting or study.edited_setting
         study.code_versions = code_versions or study.code_versions
         study.run()
-        assert_rerun(study, before, set(affected), pngs_redone)
+        assert_rerun(study, before, set(affected), pngs_redone, new_data)
         steps.append(name)
 
     change("split seed", {"split": {"seed": 7}}, affected=all_runs)
@@ -180,6 +186,9 @@ def changed_study(tmp_path_factory):
     change("a setting's registry entry", affected=half, edited_setting=EDITED_HALF)
     change("training option", {"training": {"lr": 2.0e-3}}, affected=all_runs)
     change("a new seed", {"seeds": [1, 2]}, affected=())
+    # A knob of one dataset's generator regenerates that dataset only: the RSNA DICOMs, PNGs and runs stay as they are.
+    change("a LIDC generator knob", {"demo": {"lidc": {"borderline_fraction": 0.5}}}, affected=lidc | {
+        ("lidc", setting, 2) for setting in ("fp32", "half")}, new_data=("lidc",))
     return dict(study=study, base=base, tables=tables, steps=steps)
 
 
@@ -195,10 +204,10 @@ def test_a_run_that_diverges_in_its_first_epoch_completes_and_is_marked_in_the_t
 
 
 def test_every_change_reran_exactly_what_it_affects(changed_study):
-    # Each step's own assertions ran inside the fixture; here: all seven happened.
+    # Each step's own assertions ran inside the fixture; here: all eight happened.
     assert changed_study["steps"] == [
         "split seed", "LIDC min_raters", "preprocessing option", "preprocessing code", "a setting's registry entry",
-        "training option", "a new seed",
+        "training option", "a new seed", "a LIDC generator knob",
     ]
     study = changed_study["study"]
     for run in run_files(study.workdir):

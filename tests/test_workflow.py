@@ -148,7 +148,8 @@ def test_adding_a_seed_reruns_only_the_new_runs_and_the_report(tiny_study):
     assert jobs["train"] == TRAINING_JOBS
     assert jobs["cpu_deployment_model"] == 2  # one per trained model
     assert jobs["aggregate"] == 1
-    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "rsna_images", "lidc_labels", "split"} & set(jobs)
+    data_steps = {"demo_rsna", "demo_lidc", "rsna_cohort", "dicom_to_png", "rsna_images", "lidc_labels", "split"}
+    assert not data_steps & set(jobs)
 
 
 def test_adding_a_setting_reruns_only_its_runs(tiny_study):
@@ -162,7 +163,7 @@ def test_adding_a_model_reruns_only_its_runs(tiny_study):
     assert jobs["train"] == 2  # test_vit x 2 settings
     assert jobs["cpu_deployment_model"] == 1
     assert jobs["radar_plot"] == 3  # the new model's, and the others redrawn from the new summary
-    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "lidc_labels", "split"} & set(jobs)
+    assert not {"demo_rsna", "demo_lidc", "rsna_cohort", "dicom_to_png", "lidc_labels", "split"} & set(jobs)
 
 
 def test_editing_one_settings_definition_reruns_only_its_runs(tiny_study):
@@ -170,7 +171,7 @@ def test_editing_one_settings_definition_reruns_only_its_runs(tiny_study):
         tiny_study, "--configfile", "tiny.yaml", edited_setting=("amp_8bit", {"optimizer": "paged_adam8bit"})
     )
     assert jobs["train"] == 2  # amp_8bit of each dataset's model; fp32 and the downsampling run stay
-    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
+    assert not {"demo_rsna", "demo_lidc", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
 
 
 def test_a_plotting_option_reruns_only_the_report(tiny_study):
@@ -183,7 +184,7 @@ def test_a_plotting_option_reruns_only_the_report(tiny_study):
 def test_a_training_option_reruns_every_training_job(tiny_study, option):
     jobs = dry_run(tiny_study, {"training": option})
     assert jobs["train"] == TRAINING_JOBS
-    assert not {"demo_data", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
+    assert not {"demo_rsna", "demo_lidc", "rsna_cohort", "dicom_to_png", "split"} & set(jobs)
 
 
 def test_min_raters_change_reruns_lidc_only(tiny_study):

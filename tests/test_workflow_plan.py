@@ -30,7 +30,7 @@ def test_config_yaml_plans_the_papers_study(workdir):
     assert jobs["radar_plot"] == 5 + 3
     assert jobs["downsampling_plot"] == 1
     assert jobs["fetch_weights"] == 5  # pretrained: true, one per model (ViT-B/32+ and the MLP: recorded as none)
-    assert "demo_data" not in jobs
+    assert not {"demo_rsna", "demo_lidc"} & set(jobs)
 
 
 def test_missing_data_says_what_to_download_and_where(workdir):
@@ -140,7 +140,7 @@ def test_no_rule_can_rewrite_or_delete_the_raw_data(workdir, demo):
         assert "data/demo/rsna/train.csv" in outputs
         assert "data/demo/rsna/train.csv" in deleted
     else:
-        assert "demo_data" not in forced.stdout
+        assert "demo_rsna" not in forced.stdout and "demo_lidc" not in forced.stdout
     # The raw files are still there, unchanged in size.
     assert all((workdir / raw).exists() for raw in RAW_PATHS)
 

@@ -21,8 +21,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # import, directly or through others (`code_files`): a fingerprint changes when any of them changes, and an import
 # added later is followed without editing this table. Files outside a step's code do not rerun it.
 STEP_MODULES: dict[str, tuple[str, ...]] = {
-    # The generators (not their command line or the calibration check, which write no data).
-    "demo": ("demo/rsna.py", "demo/lidc.py"),
+    # The generators, one rule each (not their command line or the calibration check, which write no data).
+    "demo_rsna": ("demo/rsna.py",),
+    "demo_lidc": ("demo/lidc.py",),
     "rsna_cohort": ("data/rsna.py",),
     # Pixels of a converted mammogram: decoding, VOI/LUT, crop, resize, PNG writing.
     "dicom_preprocessing": ("data/dicom.py", "data/png.py"),

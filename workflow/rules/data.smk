@@ -3,22 +3,39 @@
 
 if DEMO:
 
-    rule demo_data:
+    # One rule per dataset, each with only its own part of demo: as params, so that a knob of one dataset's
+    # generator regenerates that dataset only.
+    rule demo_rsna:
         output:
             rsna_csv=DEMO_DATA["rsna_csv"],
-            lidc_pickle=DEMO_DATA["lidc_pickle"],
         log:
-            f"{LOGS}/demo_data.log",
+            f"{LOGS}/demo_rsna.log",
         benchmark:
-            f"{BENCHMARKS}/demo_data.tsv"
+            f"{BENCHMARKS}/demo_rsna.tsv"
         conda:
             "../../envs/leanmed.yaml"
-        threads: 2
         params:
-            demo=config["demo"],
-            code=code_version("demo"),
+            seed=config["demo"]["seed"],
+            rsna=config["demo"]["rsna"],
+            code=code_version("demo_rsna"),
         script:
-            "../scripts/demo_data.py"
+            "../scripts/demo_rsna.py"
+
+    rule demo_lidc:
+        output:
+            lidc_pickle=DEMO_DATA["lidc_pickle"],
+        log:
+            f"{LOGS}/demo_lidc.log",
+        benchmark:
+            f"{BENCHMARKS}/demo_lidc.tsv"
+        conda:
+            "../../envs/leanmed.yaml"
+        params:
+            seed=config["demo"]["seed"],
+            lidc=config["demo"]["lidc"],
+            code=code_version("demo_lidc"),
+        script:
+            "../scripts/demo_lidc.py"
 
 
 rule rsna_cohort:

@@ -21,39 +21,43 @@ Command line (leanmed.demo.cli; not imported here, so that the generators' code 
     python -m leanmed.demo lidc OUT.pickle --patients N --patches P --seed S
 """
 
-from leanmed.demo.lidc import LIDC_RATER_FRACTIONS, LIDC_UID_ROOT, generate_lidc
-from leanmed.demo.mammogram import MAX_12_BIT, RsnaDifficulty
-from leanmed.demo.rsna import (
-    MAMMOGRAPHY_FOR_PRESENTATION_SOP_CLASS,
-    RSNA_AGE_MISSING_FRACTION,
-    RSNA_AGE_RANGE_YEARS,
-    RSNA_BENIGN_SHARE_OF_NEGATIVES,
-    RSNA_BIRADS_MISSING_FRACTION,
-    RSNA_COLUMNS,
-    RSNA_DISPLAY_PROFILES,
-    RSNA_MACHINES_BY_SITE,
-    RSNA_PATIENT_ORIENTATION,
-    RSNA_STANDARD_VIEWS,
-    TRANSFER_SYNTAX_UIDS,
-    generate_rsna,
-)
+import importlib
 
-__all__ = [
-    "LIDC_RATER_FRACTIONS",
-    "LIDC_UID_ROOT",
-    "MAMMOGRAPHY_FOR_PRESENTATION_SOP_CLASS",
-    "MAX_12_BIT",
-    "RSNA_AGE_MISSING_FRACTION",
-    "RSNA_AGE_RANGE_YEARS",
-    "RSNA_BENIGN_SHARE_OF_NEGATIVES",
-    "RSNA_BIRADS_MISSING_FRACTION",
-    "RSNA_COLUMNS",
-    "RSNA_DISPLAY_PROFILES",
-    "RSNA_MACHINES_BY_SITE",
-    "RSNA_PATIENT_ORIENTATION",
-    "RSNA_STANDARD_VIEWS",
-    "RsnaDifficulty",
-    "TRANSFER_SYNTAX_UIDS",
-    "generate_lidc",
-    "generate_rsna",
-]
+#: Public name -> the module of leanmed.demo that defines it. Loaded on first use (PEP 562), so that running one
+#: generator (``import leanmed.demo.lidc``) loads no code of the other: each generator's rule has its own code
+#: fingerprint (leanmed.fingerprint), and an edit of the RSNA generator must not regenerate the LIDC pickle.
+_EXPORTS = {
+    "LIDC_RATER_FRACTIONS": "lidc",
+    "LIDC_UID_ROOT": "lidc",
+    "generate_lidc": "lidc",
+    "MAX_12_BIT": "mammogram",
+    "RsnaDifficulty": "mammogram",
+    "MAMMOGRAPHY_FOR_PRESENTATION_SOP_CLASS": "rsna",
+    "RSNA_AGE_MISSING_FRACTION": "rsna",
+    "RSNA_AGE_RANGE_YEARS": "rsna",
+    "RSNA_BENIGN_SHARE_OF_NEGATIVES": "rsna",
+    "RSNA_BIRADS_MISSING_FRACTION": "rsna",
+    "RSNA_COLUMNS": "rsna",
+    "RSNA_DISPLAY_PROFILES": "rsna",
+    "RSNA_MACHINES_BY_SITE": "rsna",
+    "RSNA_PATIENT_ORIENTATION": "rsna",
+    "RSNA_STANDARD_VIEWS": "rsna",
+    "TRANSFER_SYNTAX_UIDS": "rsna",
+    "generate_rsna": "rsna",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'leanmed.demo' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"leanmed.demo.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})
