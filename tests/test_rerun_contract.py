@@ -4,8 +4,8 @@ from scratch with the new configuration would, retraining what the change affect
 A tiny real study (both datasets, settings fp32 and half, whose fp16 weights + torch Adam diverge in the first
 epoch) runs end to end; then eight changes are applied one after the other, each followed by a real rerun:
 the split seed, LIDC min_raters, a preprocessing option, the preprocessing code, one setting's registry entry, a
-training option, a new seed and a knob of the LIDC generator. After each rerun every affected run trained afresh (`resumed: false`, new files) and
-every other run file and PNG is byte-identical with its old mtime. At the end a clean run from scratch with the final
+training option, a new seed and a knob of the LIDC generator. After each rerun every affected run trained afresh
+(`resumed: false`, new files) and every other run file and PNG is byte-identical with its old mtime. At the end a clean run from scratch with the final
 configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
 training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run.
 """
