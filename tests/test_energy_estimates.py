@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+import types
 from importlib import resources
 
 import jsonschema
@@ -181,3 +184,16 @@ def test_nvml_reads_the_jobs_gpu_only():
     assert carbontracker_setup.nvml_handles_for_job(nvml, 0, "GPU-bbbb", None)[0] == [("handle", 1)]
     # Nothing set: the CUDA index.
     assert carbontracker_setup.nvml_handles_for_job(nvml, 1, None, None)[0] == [("handle", 1)]
+
+
+def test_the_energy_description_waits_for_carbontrackers_thread_to_set_the_cpu_power():
+    # carbontracker's GenericCPU handler gets its TDP in the tracker's thread, just after construction; the job's
+    # one-line description must state that power, not fail on the unset value (a loaded CI machine hit that race).
+    handler = types.SimpleNamespace(tdp=None)
+    setter = threading.Timer(0.2, lambda: setattr(handler, "tdp", 60))
+    setter.start()
+    assert energy_module.wait_for_assumed_cpu_power(handler, timeout_s=5.0) == 60.0
+    setter.join()
+    started = time.monotonic()
+    assert energy_module.wait_for_assumed_cpu_power(types.SimpleNamespace(tdp=None), timeout_s=0.1) is None
+    assert time.monotonic() - started < 1.0

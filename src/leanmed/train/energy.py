@@ -71,6 +71,22 @@ log = logging.getLogger(__name__)
 METHOD_FILE = "leanmed_method.json"
 
 
+#: How long the job's one-line energy description waits for carbontracker's thread to initialise its components:
+#: the thread starts with the tracker and only then reads the CPU's TDP from its table (measured: milliseconds, but
+#: on a loaded machine the description was once written before it, and said nothing of the assumed power).
+COMPONENT_INIT_WAIT_S = 5.0
+
+
+def wait_for_assumed_cpu_power(handler, timeout_s: float) -> float | None:
+    """The constant power (W) carbontracker's GenericCPU handler assumes, once its thread has set it (``tdp``);
+    None when it is still unset after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while getattr(handler, "tdp", None) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tdp = getattr(handler, "tdp", None)
+    return None if tdp is None else float(tdp)
+
+
 class EnergyMeter:
     """carbontracker around one phase (its "epochs" are the phase's epochs, or one block for inference).
 
@@ -188,11 +204,16 @@ class EnergyMeter:
                 handler = component._handler
                 name = type(handler).__name__
                 if name == "GenericCPU":
-                    tdp = float(handler.tdp)
-                    source = ("the average TDP of carbontracker's table / 2: no match for this CPU"
-                              if tdp == float(handler.average_tdp) else "its TDP in carbontracker's table / 2")
-                    parts.append(f"CPU '{handler.cpu_brand}': no RAPL counters readable, so a constant {tdp:.1f} W "
-                                 f"is assumed ({source}) x phase time: an estimate")
+                    tdp = wait_for_assumed_cpu_power(handler, COMPONENT_INIT_WAIT_S)
+                    if tdp is None:
+                        parts.append(f"CPU '{handler.cpu_brand}': no RAPL counters readable, so a constant power is "
+                                     "assumed (not yet known when this was written: see metrics.json) x phase time: "
+                                     "an estimate")
+                    else:
+                        source = ("the average TDP of carbontracker's table / 2: no match for this CPU"
+                                  if tdp == float(handler.average_tdp) else "its TDP in carbontracker's table / 2")
+                        parts.append(f"CPU '{handler.cpu_brand}': no RAPL counters readable, so a constant {tdp:.1f} W "
+                                     f"is assumed ({source}) x phase time: an estimate")
                 elif name == "IntelCPU":
                     parts.append("CPU: RAPL energy counters (package and DRAM, all processes)")
                 elif name == "NvidiaGPU":
