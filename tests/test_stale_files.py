@@ -63,5 +63,5 @@ def test_the_rsna_merge_removes_the_pngs_of_images_it_no_longer_converts(tmp_pat
         "path": ["png/images/10/1.png", "png/images/10/3.png"], "status": [convert.STATUS_OK, convert.STATUS_EXCLUDED],
         "reason": ["", "decode error"], "fingerprint": ["f", ""],
     })
-    assert convert.remove_stale_images(merged, dataset) == sorted([now_excluded, left_cohort])
+    assert convert.remove_stale_images(merged, dataset / "png") == sorted([now_excluded, left_cohort])
     assert current.is_file() and not left_cohort.parent.exists()

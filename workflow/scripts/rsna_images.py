@@ -31,4 +31,4 @@ merged = merge_manifests(
     kept_excluded_csv=snakemake.log.excluded,
 )
 # PNGs of images a previous run converted and this one does not (a subject left the cohort) leave results/.
-remove_stale_images(merged, Path(snakemake.output.images).parent)
+remove_stale_images(merged, Path(snakemake.input.manifests[0]).parent)  # the shards' out_root

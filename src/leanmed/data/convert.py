@@ -46,9 +46,14 @@ class ExcludedFractionError(RuntimeError):
     """More images could not be converted than `dicom.max_excluded_fraction` allows."""
 
 
+def images_folder(out_root: str | os.PathLike) -> Path:
+    """The folder of the converted PNGs under the conversion's output folder: out_root/images."""
+    return Path(out_root) / "images"
+
+
 def png_path(out_root: str | os.PathLike, subject_id: str, image_id: str) -> Path:
     """Where an image's PNG goes: out_root/images/<subject_id>/<image_id>.png."""
-    return Path(out_root) / "images" / str(subject_id) / f"{image_id}.png"
+    return images_folder(out_root) / str(subject_id) / f"{image_id}.png"
 
 
 def manifest_path_value(out_root: str | os.PathLike, subject_id: str, image_id: str) -> str:
@@ -314,12 +319,14 @@ def merge_manifests(
     return merged
 
 
-def remove_stale_images(merged: pd.DataFrame, dataset_dir: str | os.PathLike) -> list[Path]:
-    """Delete the PNGs under ``dataset_dir``/png/images that no converted row of ``merged`` (merge_manifests' result)
-    names: images of a previous run whose DICOM left the cohort or now fails to convert. Returns the deleted files."""
-    dataset_dir = Path(dataset_dir)
-    current = [dataset_dir / path for path in merged.loc[merged["status"] == STATUS_OK, "path"]]
-    stale = remove_stale_pngs(dataset_dir / "png" / "images", current)
+def remove_stale_images(merged: pd.DataFrame, out_root: str | os.PathLike) -> list[Path]:
+    """Delete the PNGs under ``out_root``/images (the conversion's output folder, as in convert_shard) that no
+    converted row of ``merged`` (merge_manifests' result) names: images of a previous run whose DICOM left the cohort
+    or now fails to convert. Returns the deleted files."""
+    converted = merged[merged["status"] == STATUS_OK]
+    current = [png_path(out_root, subject, image) for subject, image in zip(converted["subject_id"],
+                                                                            converted["image_id"])]
+    stale = remove_stale_pngs(images_folder(out_root), current)
     if stale:
         log.info("removed %d PNGs of images no longer converted (e.g. %s)", len(stale), stale[0])
     return stale

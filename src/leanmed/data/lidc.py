@@ -20,9 +20,9 @@ part of it: they change labels.csv only.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
-import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
