@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from leanmed import fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -85,3 +89,61 @@ def test_every_module_a_step_loads_at_run_time_is_in_its_code(group):
     allowed = set(fingerprint.code_files(group)) | fingerprint.CONTENT_NEUTRAL_MODULES
     allowed |= fingerprint.EXCLUDED_FROM_STEP.get(group, frozenset()) | {"__init__.py"}
     assert relative - allowed == set()
+
+
+def test_a_workflow_scripts_code_is_every_leanmed_module_it_imports_transitively(package, tmp_path_factory):
+    script = tmp_path_factory.mktemp("scripts") / "step_rule.py"
+    script.write_text("import sys\n\nfrom leanmed.step import run\n\nrun(snakemake.output[0])\n")
+    assert fingerprint.script_code_files(script) == ("step.py", "sub/__init__.py", "sub/deep.py", "sub/helper.py")
+    before = fingerprint.script_code_version(script)
+    (package / "unrelated.py").write_text("x = 4\n")
+    assert fingerprint.script_code_version(script) == before
+    (package / "sub/deep.py").write_text("import numpy\nCONSTANT = 3\n")
+    assert fingerprint.script_code_version(script) != before
+
+
+RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
+RULE_BLOCK = re.compile(r"^ *rule (\w+):\n(.*?)(?=^ *rule \w+:|\Z)", re.S | re.M)
+# Rules whose script imports leanmed yet carry no code fingerprint, and why.
+WITHOUT_CODE_FINGERPRINT = {
+    # Its files are the hub's bytes, checked against their sha256 whatever code fetched them; a refetch after every
+    # edit of the fetching code would download hundreds of megabytes for the same bytes.
+    "fetch_weights",
+}
+
+
+def code_covered_by(block: str, constants: dict[str, str]) -> set[str]:
+    """The package files whose edits change one of the code fingerprints a rule block passes as params."""
+    covered = set()
+    for script in re.findall(r'script_code\("(\w+)"\)', block):
+        covered |= set(fingerprint.script_code_files(REPO / f"workflow/scripts/{script}.py"))
+    groups = re.findall(r'code_version\("(\w+)"\)', block)
+    groups += [constants[name] for name in re.findall(r"\b([A-Z_]+_CODE_VERSION)\b", block)]
+    if "rerun_triggers" in block:
+        groups.append(constants["TRAINING_CODE_VERSION"])
+    for group in groups:
+        covered |= set(fingerprint.code_files(group)) | fingerprint.EXCLUDED_FROM_STEP.get(group, frozenset())
+    return covered
+
+
+def test_every_rule_that_runs_package_code_reruns_when_that_code_changes():
+    """Snakemake reruns a rule whose script changed, not one whose imported package code changed: each rule's params
+    must carry a code fingerprint covering every leanmed module its script imports (or it is listed, with why)."""
+    text = "\n".join(path.read_text() for path in RULE_FILES)
+    constants = dict(re.findall(r'^([A-Z_]+_CODE_VERSION) = code_version\("(\w+)"\)', text, re.M))
+    blocks = dict(RULE_BLOCK.findall(text))
+    assert {"rsna_images", "dicom_to_png", "train", "paper_table", "cpu_deployment_model"} <= set(blocks)
+    checked = []
+    for rule, block in blocks.items():
+        script = re.search(r'script:\s*\n\s*"\.\./scripts/(\w+)\.py"', block)
+        if script is None or rule in WITHOUT_CODE_FINGERPRINT:
+            continue
+        imports = set(fingerprint.script_code_files(REPO / f"workflow/scripts/{script.group(1)}.py"))
+        if not imports:
+            continue
+        for named in re.findall(r'script_code\("(\w+)"\)', block):
+            assert named == script.group(1), f"rule {rule} runs {script.group(1)}.py, fingerprints {named}.py"
+        missing = imports - code_covered_by(block, constants)
+        assert not missing, f"rule {rule}: an edit of {sorted(missing)} would not rerun it"
+        checked.append(rule)
+    assert len(checked) >= 17, checked

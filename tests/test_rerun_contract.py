@@ -7,7 +7,8 @@ the split seed, LIDC min_raters, a preprocessing option, the preprocessing code,
 training option, a new seed and a knob of the LIDC generator. After each rerun every affected run trained afresh
 (`resumed: false`, new files) and every other run file and PNG is byte-identical with its old mtime. At the end a clean run from scratch with the final
 configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
-training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run.
+training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
+a copy of the package (the table code, the manifest merge) and reruns: exactly the rules importing it rerun.
 """
 
 import hashlib
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_helpers import copy_workflow, snakemake_patched, write_config
+from workflow_helpers import REPO, copy_workflow, snakemake_patched, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -241,6 +242,48 @@ def test_the_changed_study_equals_a_clean_run_of_its_final_configuration(changed
         changed_png = {path: state[0] for path, state in png_files(changed.workdir, dataset).items()}
         clean_png = {path: state[0] for path, state in png_files(clean.workdir, dataset).items()}
         assert changed_png == clean_png, dataset
+
+
+def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(tmp_path, monkeypatch):
+    """Real edits of a copy of the package (first on PYTHONPATH, for Snakemake and its jobs), as after a `git pull`:
+    Snakemake alone would see neither, as no rule's script changed."""
+    study = Study(copy_workflow(tmp_path / "study"))
+    package = study.workdir / "src/leanmed"
+    shutil.copytree(REPO / "src/leanmed", package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", str(package.parent))
+    study.config = deep_merge(STUDY, {"settings": ["fp32"]})
+    study.run()
+    results = study.workdir / "results"
+    lidc_runs = {run: files for run, files in run_files(study.workdir).items() if run[0] == "lidc"}
+
+    # The table code: the tables are made again with the edit; the summary, the runs and the data are untouched.
+    before, summary = study.state(), file_state(results / "summary.csv")
+    tables = package / "report/tables.py"
+    assert "(S=1: full resolution)" in tables.read_text()
+    tables.write_text(tables.read_text().replace("(S=1: full resolution)", "(S=1: full resolution; edited)"))
+    study.run()
+    for dataset in ("rsna", "lidc"):
+        assert "full resolution; edited" in (results / f"tables/{dataset}.md").read_text(), dataset
+    assert study.state() == before and file_state(results / "summary.csv") == summary
+
+    # The manifest merge (the code of rules rsna_images and dicom_to_png), edited without changing what it writes:
+    # both rerun, the PNGs stay as they are (their preprocessing is unchanged), images.csv comes out the same, and the
+    # RSNA runs, whose input was made again, resume from their finished checkpoints to the same predictions.
+    before, images = study.state(), file_state(results / "rsna/images.csv")
+    convert = package / "data/convert.py"
+    convert.write_text(convert.read_text() + "\n# edited\n")
+    study.run()
+    after = study.state()
+    assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]
+    new_images = file_state(results / "rsna/images.csv")
+    assert new_images[0] == images[0] and new_images[1] != images[1]  # made again, the same bytes
+    for run, files in after["runs"].items():
+        if run[0] == "lidc":
+            assert files == lidc_runs[run], run
+        else:
+            assert metrics_of(study.workdir, run)["training"]["resumed"] is True, run
+            assert files["predictions.csv"][0] == before["runs"][run]["predictions.csv"][0], run
+            assert files["best.pt"] == before["runs"][run]["best.pt"], run
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):

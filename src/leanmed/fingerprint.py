@@ -48,10 +48,9 @@ CONTENT_NEUTRAL_MODULES = frozenset({"atomic.py", "fingerprint.py", "__init__.py
 EXCLUDED_FROM_STEP = {"training": frozenset({"train/registry.py"})}
 
 
-def imported_modules(path: str) -> set[str]:
-    """The leanmed files (paths relative to src/leanmed) that importing the module at ``path`` and running it load:
-    the modules it imports anywhere in its code, functions included, and their packages' ``__init__.py``."""
-    tree = ast.parse((PACKAGE_DIR / path).read_text(encoding="utf-8"), filename=path)
+def _leanmed_module_files(tree: ast.AST) -> set[str]:
+    """The leanmed files (paths relative to src/leanmed) that the imports anywhere in ``tree`` name, functions
+    included: each imported module, or the package ``__init__.py`` it is."""
     names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "leanmed":
@@ -64,19 +63,21 @@ def imported_modules(path: str) -> set[str]:
         for candidate in (f"{relative}.py", f"{relative}/__init__.py"):
             if relative and (PACKAGE_DIR / candidate).is_file():
                 found.add(candidate)
+    return found
+
+
+def imported_modules(path: str) -> set[str]:
+    """The leanmed files (paths relative to src/leanmed) that importing the module at ``path`` and running it load:
+    the modules it imports anywhere in its code, functions included, and their packages' ``__init__.py``."""
+    found = _leanmed_module_files(ast.parse((PACKAGE_DIR / path).read_text(encoding="utf-8"), filename=path))
     parts = path.split("/")[:-1]
     found |= {"/".join([*parts[:depth], "__init__.py"]) for depth in range(len(parts) + 1)}
     return found
 
 
-def code_files(group: str) -> tuple[str, ...]:
-    """The package files of one step (sorted): its STEP_MODULES and all leanmed modules they import, transitively,
-    less CONTENT_NEUTRAL_MODULES and the step's EXCLUDED_FROM_STEP."""
-    try:
-        pending = list(STEP_MODULES[group])
-    except KeyError:
-        raise KeyError(f"unknown code group {group!r}; known: {', '.join(STEP_MODULES)}") from None
-    excluded = CONTENT_NEUTRAL_MODULES | EXCLUDED_FROM_STEP.get(group, frozenset())
+def _with_imports(modules: Iterable[str], excluded: frozenset[str]) -> tuple[str, ...]:
+    """``modules`` and every leanmed module they import, transitively (sorted), less ``excluded``."""
+    pending = list(modules)
     files: set[str] = set()
     while pending:
         path = pending.pop()
@@ -87,12 +88,36 @@ def code_files(group: str) -> tuple[str, ...]:
     return tuple(sorted(files))
 
 
+def code_files(group: str) -> tuple[str, ...]:
+    """The package files of one step (sorted): its STEP_MODULES and all leanmed modules they import, transitively,
+    less CONTENT_NEUTRAL_MODULES and the step's EXCLUDED_FROM_STEP."""
+    try:
+        modules = STEP_MODULES[group]
+    except KeyError:
+        raise KeyError(f"unknown code group {group!r}; known: {', '.join(STEP_MODULES)}") from None
+    return _with_imports(modules, CONTENT_NEUTRAL_MODULES | EXCLUDED_FROM_STEP.get(group, frozenset()))
+
+
+def script_code_files(script: str | os.PathLike) -> tuple[str, ...]:
+    """The package files a workflow script runs (sorted): the leanmed modules its code imports and all that they
+    import, transitively, less CONTENT_NEUTRAL_MODULES. For the rules whose steps need no hand-picked code group
+    (``STEP_MODULES``): what they run is exactly what their script imports."""
+    tree = ast.parse(Path(script).read_text(encoding="utf-8"), filename=str(script))
+    return _with_imports(_leanmed_module_files(tree), CONTENT_NEUTRAL_MODULES)
+
+
 _HEX_DIGITS = 16
 
 
 def code_version(group: str) -> str:
     """sha256 (first 16 hex digits) of the names and bytes of the package files of one step (`code_files`)."""
     return files_version(PACKAGE_DIR / name for name in code_files(group))
+
+
+def script_code_version(script: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of the names and bytes of the package files a workflow script runs
+    (`script_code_files`); the script itself is not included (Snakemake reruns a rule whose script changed)."""
+    return files_version(PACKAGE_DIR / name for name in script_code_files(script))
 
 
 def files_version(paths: Iterable[str | os.PathLike]) -> str:

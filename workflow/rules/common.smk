@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from leanmed.data.sources import shard_source_versions
-from leanmed.fingerprint import code_version, value_version
+from leanmed.fingerprint import code_version, script_code_version, value_version
 from leanmed.study import training_runs as study_training_runs
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
 from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
@@ -214,6 +214,18 @@ RSNA_COHORT_CODE_VERSION = code_version("rsna_cohort")
 LIDC_FROM_CT_CODE_VERSION = code_version("lidc_from_ct")
 LIDC_LABELS_CODE_VERSION = code_version("lidc_labels")
 SPLIT_CODE_VERSION = code_version("split")
+
+
+# The other rules that run package code (the manifest merge, the report, CPU deployment) run exactly what their script
+# imports: their code fingerprint follows the script's imports (leanmed.fingerprint.script_code_files), so that an
+# edited table, plot or merge redoes the outputs it made. Not fetch_weights: its files are the hub's bytes, checked
+# against their sha256, whatever code fetched them.
+SCRIPTS_DIR = Path(workflow.current_basedir).parent / "scripts"
+
+
+def script_code(script):
+    """Fingerprint of the package code that workflow/scripts/<script>.py runs."""
+    return script_code_version(SCRIPTS_DIR / f"{script}.py")
 
 
 def dicom_preprocessing():

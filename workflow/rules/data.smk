@@ -83,6 +83,9 @@ rule dicom_to_png:
         flip_to_left=config["dicom"]["flip_to_left"],
         preprocessing_code=PREPROCESSING_CODE_VERSION,
         sources=shard_sources,
+        # The shard's own code (which images to convert, the manifest): a change reruns the shard, which redoes only
+        # the PNGs whose fingerprint (preprocessing_code above) is no longer current.
+        code=script_code("dicom_to_png"),
     script:
         "../scripts/dicom_to_png.py"
 
@@ -103,6 +106,7 @@ rule rsna_images:
     params:
         max_excluded_fraction=config["dicom"]["max_excluded_fraction"],
         preprocessing=dicom_preprocessing(),
+        code=script_code("rsna_images"),
     script:
         "../scripts/rsna_images.py"
 

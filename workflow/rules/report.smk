@@ -18,6 +18,7 @@ rule aggregate:
     params:
         expected_runs=training_runs(),
         runs_root=runs_root,
+        code=script_code("aggregate"),
     script:
         "../scripts/aggregate.py"
 
@@ -39,6 +40,8 @@ rule paper_table:
         f"{LOGS}/report/paper_table_{{dataset}}.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        code=script_code("paper_table"),
     script:
         "../scripts/paper_table.py"
 
@@ -61,6 +64,7 @@ rule radar_plot:
         "../../envs/leanmed.yaml"
     params:
         dpi=config["report"]["dpi"],
+        code=script_code("radar_plot"),
     script:
         "../scripts/radar_plot.py"
 
@@ -84,6 +88,7 @@ rule downsampling_plot:
     params:
         dpi=config["report"]["dpi"],
         settings=downsampling_settings,
+        code=script_code("downsampling_plot"),
     script:
         "../scripts/downsampling_plot.py"
 
@@ -109,6 +114,7 @@ rule compare_to_baseline:
         runs_root=runs_root,
         margin=config["report"]["non_inferiority_margin"],
         n_bootstrap=config["report"]["n_bootstrap"],
+        code=script_code("compare_to_baseline"),
     script:
         "../scripts/compare_to_baseline.py"
 
@@ -140,6 +146,7 @@ rule pareto:
         "../../envs/leanmed.yaml"
     params:
         dpi=config["report"]["dpi"],
+        code=script_code("pareto"),
     script:
         "../scripts/pareto.py"
 
@@ -162,6 +169,7 @@ rule cpu_deployment_model:
         runs_root=runs_root,
         repeats=config["deployment"]["repeats"],
         max_images=config["deployment"]["max_images"],
+        code=script_code("cpu_deployment_model"),
     script:
         "../scripts/cpu_deployment_model.py"
 
@@ -182,6 +190,8 @@ rule cpu_deployment:
         f"{LOGS}/report/cpu_deployment.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        code=script_code("cpu_deployment"),
     script:
         "../scripts/cpu_deployment.py"
 
@@ -201,5 +211,7 @@ rule findings:
         f"{LOGS}/report/findings.log",
     conda:
         "../../envs/leanmed.yaml"
+    params:
+        code=script_code("findings"),
     script:
         "../scripts/findings.py"
