@@ -36,3 +36,4 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+        f"{RESULTS}/leftovers.md",

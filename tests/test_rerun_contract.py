@@ -114,11 +114,12 @@ class Study:
         self.config = STUDY
         self.edited_setting = None
         self.code_versions = None
+        self.targets = TARGETS
 
     def run(self):
         write_config(self.workdir / "study.yaml", self.config)
         snakemake_patched(
-            self.workdir, *TARGETS, "--cores", "2", "--configfile", "study.yaml",
+            self.workdir, *self.targets, "--cores", "2", "--configfile", "study.yaml",
             edited_setting=self.edited_setting, code_versions=self.code_versions, check=True,
         )
 
@@ -284,6 +285,63 @@ def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depend
             assert metrics_of(study.workdir, run)["training"]["resumed"] is True, run
             assert files["predictions.csv"][0] == before["runs"][run]["predictions.csv"][0], run
             assert files["best.pt"] == before["runs"][run]["best.pt"], run
+
+
+def run_folders(workdir):
+    """Every run folder of results/ (as a path under results/) -> {file name: (sha256, mtime_ns)}."""
+    results = workdir / "results"
+    return {
+        str(folder.relative_to(results)): {path.name: file_state(path) for path in folder.iterdir()}
+        for folder in sorted(results.glob("runs/*/*/*/s*/seed*"))
+    }
+
+
+def report_files(workdir):
+    """Every file of results/ but the runs, their benchmark files and the converted images, as paths under results/."""
+    results = workdir / "results"
+    return {
+        str(path.relative_to(results)) for path in results.rglob("*")
+        if path.is_file() and path.relative_to(results).parts[0] != "runs"
+        and path.relative_to(results).parts[:2] != ("benchmarks", "runs") and "png" not in path.relative_to(results).parts
+    }
+
+
+def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_and_lists_the_runs(tmp_path):
+    """A model, a setting, a seed and a downsampling curve taken out of the config: a rerun leaves the report files
+    of a clean run of the smaller study, and the dropped runs, untouched and listed in results/leftovers.md."""
+    small = deep_merge(STUDY, {"settings": ["fp32"]})
+    big = deep_merge(small, {
+        "datasets": {"lidc": {"models": ["mlp_small", "test_resnet"]}},
+        "settings": ["fp32", "8bit"],
+        "seeds": [1, 2],
+        "downsampling": {"runs": [{"dataset": "lidc", "model": "mlp_small", "settings": ["fp32"], "scales": [2]}]},
+    })
+    study = Study(copy_workflow(tmp_path / "changed"))
+    study.config, study.targets = big, ("all",)
+    study.run()
+    before = run_folders(study.workdir)
+    study.config = small
+    study.run()
+
+    clean = Study(copy_workflow(tmp_path / "clean"))
+    shutil.copytree(study.workdir / "data", clean.workdir / "data")
+    clean.config, clean.targets = small, ("all",)
+    clean.run()
+    current = run_folders(clean.workdir)
+    assert len(current) == 2
+    # Benchmark files of the demo generators: the clean run copied the generated data instead of making it.
+    demo_benchmarks = {"benchmarks/demo_rsna.tsv", "benchmarks/demo_lidc.tsv"}
+    assert report_files(study.workdir) - demo_benchmarks == report_files(clean.workdir)
+    assert not (study.workdir / "results/figures/radar_lidc_test_resnet.png").exists()
+    assert not (study.workdir / "results/figures/downsampling_lidc_mlp_small.png").exists()
+
+    # 2 datasets x 2 settings x 2 seeds, test_resnet's 4 runs and the S=2 curve's 2, less the 2 current runs.
+    assert run_folders(study.workdir) == before and len(before) == 14
+    listed = (study.workdir / "results/leftovers.md").read_text()
+    for folder in before:
+        assert (f"- `{folder}`" in listed) == (folder not in current), folder
+    assert "- `figures/radar_lidc_test_resnet.png`" in listed
+    assert (clean.workdir / "results/leftovers.md").read_text().count("- none") == 3
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):

@@ -464,3 +464,12 @@ def final_outputs():
     for dataset, model in downsampling_curves():
         outputs += expand(f"{RESULTS}/figures/downsampling_{dataset}_{model}.{{ext}}", ext=["png", "pdf"])
     return outputs + weights_checksums()
+
+
+def report_products():
+    """The report files the current study makes (rule leftovers deletes the others in the report's folders)."""
+    return final_outputs() + all_deployment_tables()
+
+
+def study_run_dirs():
+    return [run_dir(run) for run in training_runs()]

@@ -215,3 +215,28 @@ rule findings:
         code=script_code("findings"),
     script:
         "../scripts/findings.py"
+
+
+# Last: report files of a dataset, model or curve no longer in the config are deleted, the runs and data it left are
+# listed (kept: they may cost hours, and come back into use with it). See leanmed.study.leftovers.
+localrules:
+    leftovers,
+
+
+rule leftovers:
+    input:
+        final_outputs(),
+    output:
+        md=f"{RESULTS}/leftovers.md",
+    log:
+        f"{LOGS}/report/leftovers.log",
+    conda:
+        "../../envs/leanmed.yaml"
+    params:
+        results_dir=folder_of_output,
+        products=report_products(),
+        run_dirs=study_run_dirs(),
+        datasets=DATASETS,
+        code=script_code("leftovers"),
+    script:
+        "../scripts/leftovers.py"

@@ -1,0 +1,78 @@
+"""Files an earlier, larger study left in results/: report files deleted, runs and data kept and listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leanmed.study import leftovers
+
+
+def touch(path: Path, text: str = "x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """results/ of a study that had models a and b on rsna and the dataset lidc; the current one has model a on rsna."""
+    monkeypatch.chdir(tmp_path)
+    root = Path("results")
+    for name in [
+        "tables/rsna.md", "tables/rsna.tex", "tables/lidc.md", "stats/rsna_vs_fp32.md", "stats/rsna_vs_fp32.tex",
+        "figures/radar_rsna_a.png", "figures/radar_rsna_a.pdf", "figures/radar_rsna_b.png", "figures/radar_rsna_b.pdf",
+        "figures/downsampling_rsna_b.png", "deployment/models/rsna/a.csv", "deployment/models/rsna/b.csv",
+        "benchmarks/deployment/rsna/a.tsv", "benchmarks/deployment/rsna/b.tsv", "summary.csv",
+        "runs/rsna/a/fp32/s1/seed1/metrics.json", "runs/rsna/a/fp32/s1/seed2/metrics.json",
+        "runs/rsna/b/fp32/s1/seed1/last.pt", "benchmarks/runs/rsna/b/fp32/s1/seed1.tsv",
+        "rsna/images.csv", "lidc/labels.csv", "gpu-check/figures/radar_rsna_b.png",
+    ]:
+        touch(root / name)
+    products = ["results/tables/rsna.md", "results/stats/rsna_vs_fp32.md", "results/figures/radar_rsna_a.png",
+                "results/figures/radar_rsna_a.pdf", "results/deployment/models/rsna/a.csv", "results/summary.csv",
+                "resources/weights/a.sha256"]  # a product outside results/ is ignored
+    return root, products
+
+
+def test_report_files_of_what_left_the_study_are_found_by_their_product(results):
+    root, products = results
+    found = [str(path.relative_to(root)) for path in leftovers.report_leftovers(root, products)]
+    # The .tex of a current table and the benchmark file of a current deployment job belong to it; another results
+    # folder inside results/ (the GPU check's) is not the study's.
+    assert found == [
+        "benchmarks/deployment/rsna/b.tsv", "deployment/models/rsna/b.csv", "figures/downsampling_rsna_b.png",
+        "figures/radar_rsna_b.pdf", "figures/radar_rsna_b.png", "tables/lidc.md",
+    ]
+
+
+def test_runs_and_datasets_outside_the_study_are_found_and_kept(results):
+    root, products = results
+    found = leftovers.tidy_results(root, products, ["results/runs/rsna/a/fp32/s1/seed1"], ["rsna"])
+    assert [str(path.relative_to(root)) for path in found["kept_runs"]] == [
+        "runs/rsna/a/fp32/s1/seed2", "runs/rsna/b/fp32/s1/seed1"]
+    assert found["kept_datasets"] == [root / "lidc"]
+    assert len(found["deleted"]) == 6 and not any(path.exists() for path in found["deleted"])
+    # Emptied folders go; kept runs, data, current products and the GPU check's files stay.
+    assert not (root / "deployment/models/rsna/b.csv").exists() and (root / "deployment/models/rsna").is_dir()
+    for name in ["runs/rsna/b/fp32/s1/seed1/last.pt", "benchmarks/runs/rsna/b/fp32/s1/seed1.tsv", "lidc/labels.csv",
+                 "tables/rsna.tex", "figures/radar_rsna_a.pdf", "gpu-check/figures/radar_rsna_b.png"]:
+        assert (root / name).is_file(), name
+    text = leftovers.leftovers_markdown(root, found)
+    assert "- `figures/radar_rsna_b.png`" in text
+    assert "- `runs/rsna/b/fp32/s1/seed1` (and `benchmarks/runs/rsna/b/fp32/s1/seed1.tsv`)" in text
+    assert "- `runs/rsna/a/fp32/s1/seed2`\n" in text  # no benchmark file: none named
+    assert "- `lidc`" in text
+
+
+def test_a_folder_emptied_by_the_deletion_is_removed_up_to_the_results_folder(tmp_path):
+    files = [touch(tmp_path / "results/benchmarks/deployment/lidc/b.tsv")]
+    leftovers.remove_files(files, tmp_path / "results")
+    assert not (tmp_path / "results/benchmarks").exists() and (tmp_path / "results").is_dir()
+
+
+def test_nothing_to_report_says_none(tmp_path):
+    found = leftovers.tidy_results(tmp_path, [], [], ["rsna", "lidc"])
+    assert found == {"deleted": [], "kept_runs": [], "kept_datasets": []}
+    assert leftovers.leftovers_markdown(tmp_path, found).count("- none") == 3
