@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import types
@@ -197,3 +198,29 @@ def test_the_energy_description_waits_for_carbontrackers_thread_to_set_the_cpu_p
     started = time.monotonic()
     assert energy_module.wait_for_assumed_cpu_power(types.SimpleNamespace(tdp=None), timeout_s=0.1) is None
     assert time.monotonic() - started < 1.0
+
+
+def test_carbontracker_start_up_messages_sent_late_by_its_thread_stay_out_of_the_job_log(caplog):
+    """Its informational messages (the CPU matched, the power assumed) come from its own thread, on a loaded machine
+    after the tracker is built: always DEBUG. Its warnings while measuring keep their level."""
+    caplog.set_level(logging.DEBUG, logger="leanmed.train.energy")
+    forward = carbontracker_setup.FORWARD
+    assert forward.constructing == 0
+    source = logging.getLogger("carbontracker.test-forward")
+    source.propagate = False
+    source.setLevel(logging.DEBUG)
+    source.addHandler(forward)
+    try:
+        source.info("Using TDP of 60.00W for AMD EPYC at 50% utilization")
+        source.warning("Epoch duration is too short for a measurement to be collected.")
+        forward.constructing = 1
+        source.warning("No API keys provided.")
+    finally:
+        forward.constructing = 0
+        source.removeHandler(forward)
+    levels = [(record.levelno, record.getMessage()) for record in caplog.records if record.name == "leanmed.train.energy"]
+    assert levels == [
+        (logging.DEBUG, "carbontracker info: Using TDP of 60.00W for AMD EPYC at 50% utilization"),
+        (logging.WARNING, "carbontracker warning: Epoch duration is too short for a measurement to be collected."),
+        (logging.DEBUG, "carbontracker warning: No API keys provided."),
+    ]

@@ -23,9 +23,11 @@ log = logging.getLogger("leanmed.train.energy")
 
 class _ForwardToLeanmed(logging.Handler):
     """Stands in for carbontracker's console handlers (which print every start-up message to stdout, once per
-    tracker built): its messages go to leanmed's logger instead, at DEBUG while a tracker is being built (its
-    start-up chatter: leanmed states the assumptions itself, once) and at their own level afterwards (warnings
-    while measuring). carbontracker's log files are untouched."""
+    tracker built): its messages go to leanmed's logger instead. Its informational messages always at DEBUG: they
+    are start-up chatter (the CPU matched, the power assumed), which leanmed states itself once, and its own thread
+    may send them after the tracker is built (seen on a loaded machine). Its warnings at DEBUG while a tracker is
+    being built and at their own level afterwards (warnings while measuring). carbontracker's log files are
+    untouched."""
 
     def __init__(self):
         super().__init__(logging.DEBUG)
@@ -33,7 +35,7 @@ class _ForwardToLeanmed(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = logging.DEBUG if self.constructing else record.levelno
+            level = logging.DEBUG if self.constructing or record.levelno < logging.WARNING else record.levelno
             log.log(level, "carbontracker %s: %s", record.levelname.lower(), record.getMessage())
         except Exception:
             self.handleError(record)
