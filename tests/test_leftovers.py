@@ -27,7 +27,7 @@ def results(tmp_path, monkeypatch):
         "benchmarks/deployment/rsna/a.tsv", "benchmarks/deployment/rsna/b.tsv", "summary.csv",
         "runs/rsna/a/fp32/s1/seed1/metrics.json", "runs/rsna/a/fp32/s1/seed2/metrics.json",
         "runs/rsna/b/fp32/s1/seed1/last.pt", "benchmarks/runs/rsna/b/fp32/s1/seed1.tsv",
-        "rsna/images.csv", "lidc/labels.csv", "gpu-check/figures/radar_rsna_b.png",
+        "rsna/images.csv", "lidc/labels.csv", "gpu-check/figures/radar_rsna_b.png", "figures/my_own_plot.png",
     ]:
         touch(root / name)
     products = ["results/tables/rsna.md", "results/stats/rsna_vs_fp32.md", "results/figures/radar_rsna_a.png",
@@ -40,7 +40,7 @@ def test_report_files_of_what_left_the_study_are_found_by_their_product(results)
     root, products = results
     found = [str(path.relative_to(root)) for path in leftovers.report_leftovers(root, products)]
     # The .tex of a current table and the benchmark file of a current deployment job belong to it; another results
-    # folder inside results/ (the GPU check's) is not the study's.
+    # folder inside results/ (the GPU check's) is not the study's, nor a file of a name no report rule gives.
     assert found == [
         "benchmarks/deployment/rsna/b.tsv", "deployment/models/rsna/b.csv", "figures/downsampling_rsna_b.png",
         "figures/radar_rsna_b.pdf", "figures/radar_rsna_b.png", "tables/lidc.md",
@@ -57,7 +57,8 @@ def test_runs_and_datasets_outside_the_study_are_found_and_kept(results):
     # Emptied folders go; kept runs, data, current products and the GPU check's files stay.
     assert not (root / "deployment/models/rsna/b.csv").exists() and (root / "deployment/models/rsna").is_dir()
     for name in ["runs/rsna/b/fp32/s1/seed1/last.pt", "benchmarks/runs/rsna/b/fp32/s1/seed1.tsv", "lidc/labels.csv",
-                 "tables/rsna.tex", "figures/radar_rsna_a.pdf", "gpu-check/figures/radar_rsna_b.png"]:
+                 "tables/rsna.tex", "figures/radar_rsna_a.pdf", "gpu-check/figures/radar_rsna_b.png",
+                 "figures/my_own_plot.png"]:
         assert (root / name).is_file(), name
     text = leftovers.leftovers_markdown(root, found)
     assert "- `figures/radar_rsna_b.png`" in text

@@ -467,7 +467,7 @@ def final_outputs():
 
 
 def report_products():
-    """The report files the current study makes (rule leftovers deletes the others in the report's folders)."""
+    """The report files the current study makes (rule leftovers deletes other files of the report rules' names)."""
     return final_outputs() + all_deployment_tables()
 
 

@@ -18,9 +18,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-#: Folders under results/ whose files are all made by the report rules, one file (or a few, by suffix) per dataset,
-#: model or downsampling curve.
-REPORT_FOLDERS = ("figures", "tables", "stats", "pareto", "deployment/models", "benchmarks/deployment")
+#: The names the report rules give their files under results/, one file (or a few, by suffix) per dataset, model or
+#: downsampling curve. Only files of these names are ever deleted: a file of the user's own is left where it is.
+REPORT_FILE_PATTERNS = (
+    "figures/radar_*.*", "figures/downsampling_*.*", "figures/pareto_*.*", "tables/*.*", "stats/*_vs_fp32.*",
+    "pareto/*.*", "deployment/models/*/*.csv", "benchmarks/deployment/*/*.tsv",
+)
 
 #: Names a dataset folder under results/ can have (the datasets leanmed prepares).
 DATASET_FOLDERS = ("rsna", "lidc")
@@ -38,19 +41,15 @@ def _product_of(relative: Path) -> Path:
 
 
 def report_leftovers(results_dir: str | os.PathLike, products: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files in the REPORT_FOLDERS of ``results_dir`` that belong to none of ``products`` (the current study's report
-    files; paths outside ``results_dir`` are ignored), sorted."""
+    """Files of the report's names (REPORT_FILE_PATTERNS) in ``results_dir`` that belong to none of ``products``
+    (the current study's report files; paths outside ``results_dir`` are ignored), sorted."""
     results_dir = Path(results_dir)
     root = results_dir.resolve()
     current = {
         _product_of(Path(path).resolve().relative_to(root)) for path in products if root in Path(path).resolve().parents
     }
-    leftovers = []
-    for folder in REPORT_FOLDERS:
-        for path in sorted((results_dir / folder).rglob("*")):
-            if path.is_file() and _product_of(path.relative_to(results_dir)) not in current:
-                leftovers.append(path)
-    return sorted(leftovers)
+    found = {path for pattern in REPORT_FILE_PATTERNS for path in results_dir.glob(pattern) if path.is_file()}
+    return sorted(path for path in found if _product_of(path.relative_to(results_dir)) not in current)
 
 
 def leftover_runs(results_dir: str | os.PathLike, run_dirs: Iterable[str | os.PathLike]) -> list[Path]:
