@@ -116,10 +116,10 @@ class Study:
         self.code_versions = None
         self.targets = TARGETS
 
-    def run(self):
+    def run(self, *options):
         write_config(self.workdir / "study.yaml", self.config)
         snakemake_patched(
-            self.workdir, *self.targets, "--cores", "2", "--configfile", "study.yaml",
+            self.workdir, *self.targets, "--cores", "2", "--configfile", "study.yaml", *options,
             edited_setting=self.edited_setting, code_versions=self.code_versions, check=True,
         )
 
@@ -243,6 +243,43 @@ def test_the_changed_study_equals_a_clean_run_of_its_final_configuration(changed
         changed_png = {path: state[0] for path, state in png_files(changed.workdir, dataset).items()}
         clean_png = {path: state[0] for path, state in png_files(clean.workdir, dataset).items()}
         assert changed_png == clean_png, dataset
+    # Every job's options record (results/options) holds what a clean run of the final configuration records.
+    assert option_records(changed.workdir) == option_records(clean.workdir) and option_records(clean.workdir)
+
+
+def option_records(workdir):
+    return {str(path.relative_to(workdir)): path.read_text() for path in (workdir / "results/options").rglob("*.json")}
+
+
+def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_records(tmp_path):
+    """Snakemake reruns a job on changed params only from its records in .snakemake/metadata, and never under
+    --rerun-triggers mtime: results/ copied without .snakemake/ (or a deleted .snakemake/) and a narrowed trigger
+    left runs trained under the old options standing as the current study (shown by a real rerun: "Nothing to be
+    done"). Each job's options record (results/options) is an input, rewritten when its params change."""
+    study = Study(copy_workflow(tmp_path / "study"))
+    study.config = deep_merge(STUDY, {"settings": ["fp32"]})
+    study.run()
+    first = study.state()
+    lidc, rsna = ("lidc", "fp32", 1), ("rsna", "fp32", 1)
+    assert set(first["runs"]) == {lidc, rsna}
+
+    shutil.rmtree(study.workdir / ".snakemake/metadata")  # as in a results/ copied to another machine
+    study.config = deep_merge(study.config, {"cohort": {"lidc": {"min_raters": 3}}})
+    labels_before = (study.workdir / "results/lidc/labels.csv").read_text()
+    study.run()
+    second = assert_rerun(study, first, affected={lidc})
+    assert (study.workdir / "results/lidc/labels.csv").read_text() != labels_before
+    assert json.loads((study.workdir / "results/options/lidc_labels.json").read_text())["params"]["min_raters"] == 3
+
+    study.config = deep_merge(study.config, {"training": {"lr": 2.0e-3}})
+    study.run("--rerun-triggers", "mtime")
+    assert_rerun(study, second, affected={lidc, rsna})
+    assert {metrics_of(study.workdir, run)["training"]["lr"] for run in (lidc, rsna)} == {2.0e-3}
+
+    # Unchanged, nothing reruns: a record keeps its mtime while its params are the same.
+    third = study.state()
+    study.run("--rerun-triggers", "mtime")
+    assert study.state() == third
 
 
 def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(tmp_path, monkeypatch):
@@ -297,11 +334,12 @@ def run_folders(workdir):
 
 
 def report_files(workdir):
-    """Every file of results/ but the runs, their benchmark files and the converted images, as paths under results/."""
+    """Every file of results/ but the runs, the options records, the runs' benchmark files and the converted images,
+    as paths under results/."""
     results = workdir / "results"
     return {
         str(path.relative_to(results)) for path in results.rglob("*")
-        if path.is_file() and path.relative_to(results).parts[0] != "runs"
+        if path.is_file() and path.relative_to(results).parts[0] not in ("runs", "options")
         and path.relative_to(results).parts[:2] != ("benchmarks", "runs") and "png" not in path.relative_to(results).parts
     }
 
@@ -333,6 +371,11 @@ def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_a
     demo_benchmarks = {"benchmarks/demo_rsna.tsv", "benchmarks/demo_lidc.tsv"}
     assert report_files(study.workdir) - demo_benchmarks == report_files(clean.workdir)
     assert not (study.workdir / "results/figures/radar_lidc_test_resnet.png").exists()
+    # The options records of the current jobs are a clean run's; those of dropped jobs stay (read by nothing but
+    # Snakemake's mtime check: a job put back with the same options finds its record unchanged and is not redone).
+    kept_records, clean_records = option_records(study.workdir), option_records(clean.workdir)
+    assert {path: kept_records[path] for path in clean_records} == clean_records
+    assert "results/options/radar_plot/dataset=lidc/model=test_resnet.json" in kept_records
     assert not (study.workdir / "results/figures/downsampling_lidc_mlp_small.png").exists()
 
     # 2 datasets x 2 settings x 2 seeds, test_resnet's 4 runs and the S=2 curve's 2, less the 2 current runs.

@@ -1,10 +1,12 @@
 # Helpers for the rule files (the job list, paths, parameters and config checks).
 # Rule files stay declarative and call only what is defined here.
+import inspect
 from pathlib import Path
 
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, script_code_version, value_version
 from leanmed.study import training_runs as study_training_runs
+from leanmed.study.options_record import options_record_path, write_options_record
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
 from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
 from leanmed.data.splits import SplitError, validate_fractions
@@ -473,3 +475,45 @@ def report_products():
 
 def study_run_dirs():
     return [run_dir(run) for run in training_runs()]
+
+
+# ---------------------------------------------------------------- options records
+OPTIONS = f"{RESULTS}/options"
+# Params that are folders of a job's own outputs: a change of them is a change of the outputs' paths.
+OUTPUT_PATH_PARAMS = (folder_of_output,)
+
+
+def resolved_param(rule_name, name, value, wildcards):
+    if not callable(value):
+        return value
+    arguments = list(inspect.signature(value).parameters)
+    if arguments != ["wildcards"]:
+        raise WorkflowError(
+            f"param {name} of {rule_name} ({value.__name__}) takes {arguments}; an options record can resolve "
+            "functions of the wildcards only (list a function of the outputs' folder in OUTPUT_PATH_PARAMS)"
+        )
+    return value(wildcards)
+
+
+def options_record(rule_name, root=OPTIONS):
+    """Input function giving each job of `rule_name` its options record, <root>/<rule>[/<wildcards>].json (the job's
+    params as a file), rewritten only when they change; leanmed.study.options_record says why. Dry runs create absent
+    records only. Rules that write outside results/ keep their records beside their outputs (root), so that a
+    results/ deleted for a clean run does not redo them (a new record is newer than every output: its job reruns)."""
+
+    def record(wildcards):
+        params = {
+            name: resolved_param(rule_name, name, value, wildcards)
+            for name, value in getattr(rules, rule_name).params.items()
+            if value not in OUTPUT_PATH_PARAMS
+        }
+        path = options_record_path(root, rule_name, dict(wildcards.items()))
+        try:
+            outcome = write_options_record(path, rule_name, params, overwrite=not workflow.dryrun)
+        except TypeError as error:
+            raise WorkflowError(str(error)) from None
+        if outcome == "kept":
+            logger.info(f"{path}: the params changed; a real run rewrites this record and reruns the job")
+        return path
+
+    return record

@@ -6,6 +6,8 @@ if DEMO:
     # One rule per dataset, each with only its own part of demo: as params, so that a knob of one dataset's
     # generator regenerates that dataset only.
     rule demo_rsna:
+        input:
+            options=options_record("demo_rsna", root=f"{DEMO_DIR}/options"),
         output:
             rsna_csv=DEMO_DATA["rsna_csv"],
         log:
@@ -22,6 +24,8 @@ if DEMO:
             "../scripts/demo_rsna.py"
 
     rule demo_lidc:
+        input:
+            options=options_record("demo_lidc", root=f"{DEMO_DIR}/options"),
         output:
             lidc_pickle=DEMO_DATA["lidc_pickle"],
         log:
@@ -41,6 +45,7 @@ if DEMO:
 rule rsna_cohort:
     input:
         train_csv=rsna_train_csv,
+        options=options_record("rsna_cohort"),
     output:
         cohort=f"{RESULTS}/rsna/cohort.csv",
         report_csv=f"{RESULTS}/rsna/cohort_report.csv",
@@ -60,6 +65,7 @@ rule rsna_cohort:
 rule dicom_to_png:
     input:
         cohort=f"{RESULTS}/rsna/cohort.csv",
+        options=options_record("dicom_to_png"),
     output:
         # Merged into images.csv, then removed; the PNGs themselves are kept, and redone only when their recorded
         # fingerprint (options, preprocessing code, source DICOM) is not the current one.
@@ -93,6 +99,7 @@ rule dicom_to_png:
 rule rsna_images:
     input:
         manifests=rsna_manifests,
+        options=options_record("rsna_images"),
     output:
         images=f"{RESULTS}/rsna/images.csv",
         excluded=f"{RESULTS}/rsna/excluded.csv",
@@ -114,6 +121,7 @@ rule rsna_images:
 rule lidc_from_ct:
     input:
         ct_root=lidc_ct_root,
+        options=options_record("lidc_from_ct"),
     output:
         pickle=f"{RESULTS}/lidc/from_ct/data_lidc.pickle",
         report=f"{RESULTS}/lidc/from_ct/report.csv",
@@ -135,6 +143,7 @@ rule lidc_from_ct:
 rule lidc_labels:
     input:
         pickle=lidc_pickle,
+        options=options_record("lidc_labels"),
     output:
         labels=f"{RESULTS}/lidc/labels.csv",
     log:
@@ -155,6 +164,7 @@ rule lidc_labels:
 rule split:
     input:
         unpack(split_inputs),
+        options=options_record("split"),
     output:
         split=f"{RESULTS}/{{dataset}}/split.csv",
         report_csv=f"{RESULTS}/{{dataset}}/split_report.csv",

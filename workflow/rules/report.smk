@@ -4,6 +4,7 @@
 rule aggregate:
     input:
         metrics=all_metrics(),
+        options=options_record("aggregate"),
     output:
         summary=report(
             f"{RESULTS}/summary.csv",
@@ -26,6 +27,7 @@ rule aggregate:
 rule paper_table:
     input:
         summary=f"{RESULTS}/summary.csv",
+        options=options_record("paper_table"),
     output:
         csv=f"{RESULTS}/tables/{{dataset}}.csv",
         md=report(
@@ -49,6 +51,7 @@ rule paper_table:
 rule radar_plot:
     input:
         summary=f"{RESULTS}/summary.csv",
+        options=options_record("radar_plot"),
     output:
         png=report(
             f"{RESULTS}/figures/radar_{{dataset}}_{{model}}.png",
@@ -72,6 +75,7 @@ rule radar_plot:
 rule downsampling_plot:
     input:
         summary=f"{RESULTS}/summary.csv",
+        options=options_record("downsampling_plot"),
     output:
         png=report(
             f"{RESULTS}/figures/downsampling_{{dataset}}_{{model}}.png",
@@ -96,6 +100,7 @@ rule downsampling_plot:
 rule compare_to_baseline:
     input:
         summary=f"{RESULTS}/summary.csv",
+        options=options_record("compare_to_baseline"),
     output:
         csv=f"{RESULTS}/stats/{{dataset}}_vs_fp32.csv",
         md=report(
@@ -122,6 +127,7 @@ rule compare_to_baseline:
 rule pareto:
     input:
         summary=f"{RESULTS}/summary.csv",
+        options=options_record("pareto"),
     output:
         csv=f"{RESULTS}/pareto/{{dataset}}.csv",
         md=report(
@@ -155,6 +161,7 @@ rule cpu_deployment_model:
     input:
         metrics=metrics_of_model,
         split=f"{RESULTS}/{{dataset}}/split.csv",
+        options=options_record("cpu_deployment_model"),
     output:
         table=f"{RESULTS}/deployment/models/{{dataset}}/{{model}}.csv",
     log:
@@ -177,6 +184,7 @@ rule cpu_deployment_model:
 rule cpu_deployment:
     input:
         tables=all_deployment_tables(),
+        options=options_record("cpu_deployment"),
     output:
         csv=f"{RESULTS}/deployment/cpu_inference.csv",
         md=report(
@@ -200,6 +208,7 @@ rule findings:
     input:
         summary=f"{RESULTS}/summary.csv",
         comparisons=comparison_tables(),
+        options=options_record("findings"),
     output:
         md=report(
             f"{RESULTS}/findings.md",
@@ -226,6 +235,7 @@ localrules:
 rule leftovers:
     input:
         final_outputs(),
+        options=options_record("leftovers"),
     output:
         md=f"{RESULTS}/leftovers.md",
     log:

@@ -10,6 +10,8 @@ localrules:
 
 
 rule fetch_weights:
+    input:
+        options=options_record("fetch_weights", root=f"{WEIGHTS}/options"),
     output:
         manifest=f"{WEIGHTS}/{{model}}.json",
         checksum=f"{WEIGHTS}/{{model}}.sha256",
@@ -28,6 +30,7 @@ rule train:
     input:
         split=f"{RESULTS}/{{dataset}}/split.csv",
         weights=weights_manifest,
+        options=options_record("train"),
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         epochs=f"{RUN_DIR}/epochs.csv",

@@ -1,0 +1,66 @@
+"""leanmed.study.options_record: each workflow job's params as a file, rewritten only when they change; and every rule
+with params takes its record as an input (so that a change reruns it without Snakemake's own records)."""
+
+import json
+import os
+import re
+
+import pytest
+
+from leanmed.study.options_record import options_record_path, options_record_text, write_options_record
+from workflow_helpers import REPO
+
+RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
+RULE_BLOCK = re.compile(r"^ *rule (\w+):\n(.*?)(?=^ *rule \w+:|\Z)", re.S | re.M)
+
+
+def test_the_record_path_names_the_rule_and_each_wildcard():
+    assert options_record_path("results/options", "aggregate", {}) == "results/options/aggregate.json"
+    wildcards = dict(dataset="rsna", model="densenet121", setting="fp32", scale="1", seed="10")
+    assert options_record_path("results/options/", "train", wildcards) == (
+        "results/options/train/dataset=rsna/model=densenet121/setting=fp32/scale=1/seed=10.json"
+    )
+
+
+def test_equal_params_give_the_same_text_whatever_their_order():
+    first = options_record_text("split", {"seed": 1, "fractions": [0.6, 0.2, 0.2], "stratify_by": {"b": 1, "a": 2}})
+    second = options_record_text("split", {"stratify_by": {"a": 2, "b": 1}, "fractions": [0.6, 0.2, 0.2], "seed": 1})
+    assert first == second
+    record = json.loads(first)
+    assert record["rule"] == "split" and record["params"]["seed"] == 1 and "rerun" in record["about"]
+    assert options_record_text("split", {"seed": 2}) != options_record_text("split", {"seed": 1})
+
+
+def test_a_param_that_is_not_json_data_is_refused_with_the_rule_and_param_named():
+    with pytest.raises(TypeError, match=r"rule train: param 'run' is not JSON data"):
+        options_record_text("train", {"run": object()})
+
+
+def test_the_record_is_rewritten_only_when_the_params_change(tmp_path):
+    path = tmp_path / "options/lidc_labels.json"
+    assert write_options_record(path, "lidc_labels", {"min_raters": 2}) == "created"
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    assert write_options_record(path, "lidc_labels", {"min_raters": 2}) == "unchanged"
+    assert path.stat().st_mtime_ns == 1_000_000_000
+    assert write_options_record(path, "lidc_labels", {"min_raters": 3}) == "rewritten"
+    assert path.stat().st_mtime_ns > 1_000_000_000
+    assert json.loads(path.read_text())["params"] == {"min_raters": 3}
+
+
+def test_a_dry_run_creates_an_absent_record_but_leaves_an_existing_one_as_it_is(tmp_path):
+    path = tmp_path / "options/split/dataset=rsna.json"
+    assert write_options_record(path, "split", {"seed": 1}, overwrite=False) == "created"
+    assert write_options_record(path, "split", {"seed": 7}, overwrite=False) == "kept"
+    assert json.loads(path.read_text())["params"] == {"seed": 1}
+
+
+def test_every_rule_with_params_takes_its_own_options_record_as_input():
+    text = "\n".join(path.read_text() for path in RULE_FILES)
+    blocks = dict(RULE_BLOCK.findall(text))
+    with_params = sorted(rule for rule, block in blocks.items() if re.search(r"^\s+params:", block, re.M))
+    assert {"demo_rsna", "dicom_to_png", "split", "train", "aggregate", "leftovers"} <= set(with_params)
+    for rule in with_params:
+        block = blocks[rule]
+        inputs = re.search(r"^(\s+)input:\n(.*?)(?=^\1\w+:)", block, re.S | re.M)
+        assert inputs, f"rule {rule} has params but no input section holding its options record"
+        assert f'options=options_record("{rule}"' in inputs.group(2), f"rule {rule}: no options_record({rule!r})"
