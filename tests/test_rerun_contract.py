@@ -431,3 +431,44 @@ def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_ru
     assert resumed["training"]["resumed"] is True
     assert stable(resumed) == stable(reference)
     assert (killed / run_dir / "predictions.csv").read_text() == (uninterrupted / run_dir / "predictions.csv").read_text()
+
+
+def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_path):
+    """training.pretrained as a local file: the path alone was a param, so new weights saved under the same name left
+    the runs trained from the old ones standing ("Nothing to be done", shown by a real rerun). Its sha256 is now among
+    the training jobs' triggers: they rerun, and train afresh (their last.pt started from the other weights)."""
+    import timm
+    import torch
+
+    weights = tmp_path / "weights.pth"
+    study = copy_workflow(tmp_path / "study")
+    config = deep_merge(STUDY, {"datasets": {"lidc": {"models": ["test_resnet"]}}, "settings": ["fp32"]})
+    config["training"]["pretrained"] = str(weights)
+    del config["datasets"]["rsna"]
+    write_config(study / "study.yaml", config)
+    run_dir = study / "results/runs/lidc/test_resnet/fp32/s1/seed1"
+    target = str((run_dir / "metrics.json").relative_to(study))
+
+    def save_weights(seed):
+        torch.manual_seed(seed)
+        torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), weights)
+
+    def rerun():
+        snakemake_patched(study, target, "--cores", "2", "--configfile", "study.yaml", check=True)
+        return {name: file_state(run_dir / name) for name in RUN_FILES}
+
+    save_weights(1)
+    first = rerun()
+    assert rerun() == first  # unchanged: nothing reruns
+    save_weights(2)
+    second = rerun()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training"]["resumed"] is False and metrics["model"]["pretrained"] == str(weights)
+    assert second["epochs.csv"][0] != first["epochs.csv"][0]  # other initial weights, other losses
+    assert second["best.pt"][0] != first["best.pt"][0]
+
+    weights.unlink()
+    process = snakemake_patched(study, target, "--cores", "2", "--configfile", "study.yaml")
+    assert process.returncode != 0
+    assert f"config key training.pretrained: the weights file '{weights}' for model 'test_resnet' does not exist" in (
+        process.stdout + process.stderr)

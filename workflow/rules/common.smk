@@ -4,7 +4,7 @@ import inspect
 from pathlib import Path
 
 from leanmed.data.sources import shard_source_versions
-from leanmed.fingerprint import code_version, script_code_version, value_version
+from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
 from leanmed.study import training_runs as study_training_runs
 from leanmed.study.options_record import options_record_path, write_options_record
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
@@ -330,11 +330,37 @@ TRAINING_CODE_VERSION = code_version("training")
 def rerun_triggers(wildcards):
     """What a training job depends on beyond its own options: its setting's and model's registry entries and the
     training code. Passed as params, so a change of any of them reruns exactly the affected jobs."""
-    return dict(
+    triggers = dict(
         setting_definition=setting_definition(wildcards.setting),
         model_definition=model_definition(wildcards.model),
         code_version=TRAINING_CODE_VERSION,
     )
+    weights_sha256 = local_weights_sha256(wildcards.model)
+    if weights_sha256 is not None:
+        triggers["local_weights_sha256"] = weights_sha256
+    return triggers
+
+
+_LOCAL_WEIGHTS_SHA256 = {}
+
+
+def local_weights_sha256(model):
+    """sha256 of the local weights file given as training.pretrained for `model` (None for true or false): a file
+    replaced at the same path changes its training jobs' config_hash, so they rerun and train afresh (their last.pt
+    holds what other weights became). Each file is hashed once per Snakemake run."""
+    pretrained = pretrained_of(model)
+    if pretrained is True or pretrained is False or pretrained is None:
+        return None
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise WorkflowError(
+            f"config key training.pretrained: the weights file {pretrained!r} for model {model!r} does not exist. "
+            "Give the path of a local weights file, true (timm's weights, fetched into training.weights_dir) or false."
+        )
+    key = str(path.resolve())
+    if key not in _LOCAL_WEIGHTS_SHA256:
+        _LOCAL_WEIGHTS_SHA256[key] = file_sha256(path)
+    return _LOCAL_WEIGHTS_SHA256[key]
 
 
 def pretrained_of(model):
