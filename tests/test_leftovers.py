@@ -75,5 +75,27 @@ def test_a_folder_emptied_by_the_deletion_is_removed_up_to_the_results_folder(tm
 
 def test_nothing_to_report_says_none(tmp_path):
     found = leftovers.tidy_results(tmp_path, [], [], ["rsna", "lidc"])
-    assert found == {"deleted": [], "kept_runs": [], "kept_datasets": []}
-    assert leftovers.leftovers_markdown(tmp_path, found).count("- none") == 3
+    assert found == {"deleted": [], "outdated_reports": [], "kept_runs": [], "kept_datasets": []}
+    assert leftovers.leftovers_markdown(tmp_path, found).count("- none") == 4
+
+
+def test_a_report_gathered_before_the_current_results_is_deleted_and_one_made_after_them_stays(tmp_path):
+    """snakemake --report is a command of its own: a rerun after a change would leave the old report.html (old figures
+    and tables) in results/ beside the new files."""
+    import os
+
+    root = tmp_path / "results"
+    figure, table, report = touch(root / "figures/radar_rsna_a.png"), touch(root / "tables/rsna.md"), touch(
+        root / "report.html")
+    os.utime(table, ns=(1_000, 1_000))
+    os.utime(report, ns=(2_000, 2_000))
+    os.utime(figure, ns=(3_000, 3_000))  # the figure was redone after the report was made
+    products = [str(figure), str(table), str(root / "figures/radar_rsna_a.pdf")]  # the .pdf is not there
+    found = leftovers.tidy_results(root, products, [], ["rsna"])
+    assert found["outdated_reports"] == [root / "report.html"] and not report.exists()
+    text = leftovers.leftovers_markdown(root, found)
+    assert "- `report.html`" in text and f"snakemake --report {root}/report.html" in text
+
+    touch(root / "report.html")  # made again after the run: newer than every product
+    assert leftovers.tidy_results(root, products, [], ["rsna"])["outdated_reports"] == []
+    assert (root / "report.html").exists() and figure.exists() and table.exists()

@@ -358,8 +358,14 @@ def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_a
     study.config, study.targets = big, ("all",)
     study.run()
     before = run_folders(study.workdir)
+    snakemake_patched(study.workdir, "--report", "results/report.html", "--configfile", "study.yaml", check=True)
+    assert "radar_lidc_test_resnet.png" in (study.workdir / "results/report.html").read_text()
     study.config = small
     study.run()
+    # The report gathered before the change showed the dropped model's figures: deleted, and listed.
+    assert not (study.workdir / "results/report.html").exists()
+    assert "## Reports deleted by this rerun: gathered before the current results\n- `report.html`" in (
+        study.workdir / "results/leftovers.md").read_text()
 
     clean = Study(copy_workflow(tmp_path / "clean"))
     shutil.copytree(study.workdir / "data", clean.workdir / "data")
@@ -384,7 +390,7 @@ def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_a
     for folder in before:
         assert (f"- `{folder}`" in listed) == (folder not in current), folder
     assert "- `figures/radar_lidc_test_resnet.png`" in listed
-    assert (clean.workdir / "results/leftovers.md").read_text().count("- none") == 3
+    assert (clean.workdir / "results/leftovers.md").read_text().count("- none") == 4
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):

@@ -10,6 +10,10 @@ target) sorts them in two kinds:
 - run folders (and their benchmark files) and a dataset's prepared data are kept, since they may cost hours: no table
   or figure reads them, and putting the run back into the config reuses them when its options, code and data are
   unchanged (otherwise it trains again). They are listed in ``results/leftovers.md``.
+
+It also deletes the HTML report (``results/report.html``, or its .zip) when it is older than a current report file:
+``snakemake --report`` is a command of its own, which no rerun makes again, and a report gathered before a change
+would show the old figures and tables as the study's. ``make demo`` makes it again after every run.
 """
 
 from __future__ import annotations
@@ -72,6 +76,17 @@ def leftover_datasets(results_dir: str | os.PathLike, datasets: Iterable[str]) -
     return [results_dir / name for name in DATASET_FOLDERS if name not in datasets and (results_dir / name).is_dir()]
 
 
+#: The names ``snakemake --report`` is given in this project (README, Makefile), relative to results/.
+REPORT_NAMES = ("report.html", "report.zip")
+
+
+def outdated_reports(results_dir: str | os.PathLike, products: Iterable[str | os.PathLike]) -> list[Path]:
+    """The reports (REPORT_NAMES) in ``results_dir`` last written before the newest of ``products`` that exists."""
+    newest = max((Path(path).stat().st_mtime_ns for path in products if Path(path).is_file()), default=None)
+    reports = [Path(results_dir) / name for name in REPORT_NAMES]
+    return [path for path in reports if newest is not None and path.is_file() and path.stat().st_mtime_ns < newest]
+
+
 def remove_files(files: Iterable[Path], root: Path) -> None:
     """Delete ``files``, then the folders below ``root`` this leaves empty. (Not leanmed.data.stale_files: that module
     is in the LIDC patches' code fingerprint, and a change there would mark every patch as out of date.)"""
@@ -91,11 +106,16 @@ def tidy_results(
     run_dirs: Iterable[str | os.PathLike],
     datasets: Iterable[str],
 ) -> dict[str, list[Path]]:
-    """Delete the report leftovers, find the kept ones; return {"deleted", "kept_runs", "kept_datasets"}."""
+    """Delete the report leftovers and an outdated report, find the kept ones; return {"deleted", "outdated_reports",
+    "kept_runs", "kept_datasets"}."""
+    products = list(products)
     deleted = report_leftovers(results_dir, products)
     remove_files(deleted, Path(results_dir))
+    outdated = outdated_reports(results_dir, products)
+    remove_files(outdated, Path(results_dir))
     return dict(
         deleted=deleted,
+        outdated_reports=outdated,
         kept_runs=leftover_runs(results_dir, run_dirs),
         kept_datasets=leftover_datasets(results_dir, datasets),
     )
@@ -121,6 +141,11 @@ def leftovers_markdown(results_dir: str | os.PathLike, found: dict[str, list[Pat
         "",
         "## Report files deleted by this rerun (of datasets, models or curves no longer in the study)",
         *listed(found["deleted"]),
+        "",
+        "## Reports deleted by this rerun: gathered before the current results",
+        *listed(found.get("outdated_reports", [])),
+        *(["", f"Make it again: `snakemake --report {results_dir}/report.html` (`make demo` does)."]
+          if found.get("outdated_reports") else []),
         "",
         "## Run folders kept, not in the study",
         *listed(found["kept_runs"], with_benchmark),
