@@ -7,7 +7,10 @@ import re
 
 import pytest
 
-from leanmed.study.options_record import options_record_path, options_record_text, write_options_record
+from leanmed.study.deleted_images import missing_listed_images
+from leanmed.study.options_record import (
+    mark_to_run_again, options_record_path, options_record_text, write_options_record,
+)
 from workflow_helpers import REPO
 
 RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
@@ -64,3 +67,35 @@ def test_every_rule_with_params_takes_its_own_options_record_as_input():
         inputs = re.search(r"^(\s+)input:\n(.*?)(?=^\1\w+:)", block, re.S | re.M)
         assert inputs, f"rule {rule} has params but no input section holding its options record"
         assert f'options=options_record("{rule}"' in inputs.group(2), f"rule {rule}: no options_record({rule!r})"
+
+
+def test_a_job_marked_to_run_again_gets_a_new_text_once_which_later_writes_keep(tmp_path):
+    """A touch would not rerun the job: Snakemake compares a small input's checksum with the one it recorded."""
+    path = tmp_path / "options/rsna_images.json"
+    assert mark_to_run_again(path, "images missing") is False  # no record: the job runs anyway
+    write_options_record(path, "rsna_images", {"max_excluded_fraction": 0.1})
+    before = path.read_text()
+    assert mark_to_run_again(path, "2 image(s) listed in results/rsna/images.csv were missing") is True
+    marked = path.read_text()
+    assert marked != before and json.loads(marked)["redone"]["why"].startswith("2 image(s)")
+    assert write_options_record(path, "rsna_images", {"max_excluded_fraction": 0.1}) == "unchanged"
+    assert write_options_record(path, "rsna_images", {"max_excluded_fraction": 0.2}) == "rewritten"
+    assert json.loads(path.read_text())["redone"] == json.loads(marked)["redone"]
+
+
+def test_the_images_a_listing_names_that_are_gone_are_found_in_its_order(tmp_path):
+    listing = tmp_path / "rsna/images.csv"
+    (tmp_path / "rsna/png/images/7").mkdir(parents=True)
+    (tmp_path / "rsna/png/images/7/1.png").write_bytes(b"png")
+    listing.write_text(
+        "image_id,subject_id,label,path,status,reason,fingerprint\n"
+        "1,7,0,png/images/7/1.png,ok,,f1\n"
+        "3,8,1,png/images/8/3.png,ok,,f3\n"
+        "2,7,0,png/images/7/2.png,ok,,f2\n"
+        "4,8,1,,excluded,corrupt DICOM,\n"
+    )
+    assert missing_listed_images(listing) == [tmp_path / "rsna/png/images/8/3.png", tmp_path / "rsna/png/images/7/2.png"]
+    labels = tmp_path / "lidc/labels.csv"  # no status column: every row names an image
+    (tmp_path / "lidc/png").mkdir(parents=True)
+    labels.write_text("image_id,subject_id,n_raters,label,path,fingerprint\na,p,2,1,png/a.png,f\n")
+    assert missing_listed_images(labels) == [tmp_path / "lidc/png/a.png"]

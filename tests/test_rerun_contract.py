@@ -478,3 +478,34 @@ def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_pa
     assert process.returncode != 0
     assert f"config key training.pretrained: the weights file '{weights}' for model 'test_resnet' does not exist" in (
         process.stdout + process.stderr)
+
+
+def test_converted_images_deleted_outside_the_workflow_are_made_again_by_the_next_run(tmp_path):
+    """The PNGs are files the conversion steps write without declaring them: one deleted by hand (or a folder deleted
+    to free disk) left images.csv / labels.csv naming it, "Nothing to be done", and the next training job failing on
+    it (shown by a real run). The plan now finds them and reruns the step that makes them."""
+    study = Study(copy_workflow(tmp_path / "study"))
+    study.config = deep_merge(STUDY, {"settings": ["fp32"]})
+    study.run()
+    before = study.state()
+    metrics_before = {run: metrics_of(study.workdir, run) for run in before["runs"]}
+    rsna_folder = sorted((study.workdir / "results/rsna/png/images").iterdir())[0]
+    lidc_png = sorted((study.workdir / "results/lidc/png").glob("*.png"))[0]
+    shutil.rmtree(rsna_folder)
+    lidc_png.unlink()
+
+    study.run()
+    after = study.state()
+    for dataset in ("rsna", "lidc"):  # made again, the same bytes
+        assert {path: state[0] for path, state in after[f"{dataset}_png"].items()} == {
+            path: state[0] for path, state in before[f"{dataset}_png"].items()}, dataset
+    for run in after["runs"]:  # the same images: the finished runs resume instead of training again
+        metrics = metrics_of(study.workdir, run)
+        assert metrics["training"]["resumed"] is True, run
+        assert stable(metrics) == stable(metrics_before[run]), run
+        assert after["runs"][run]["best.pt"] == before["runs"][run]["best.pt"], run
+    assert "were missing" in (study.workdir / "results/options/rsna_images.json").read_text()
+
+    again = study.state()
+    study.run()
+    assert study.state() == again  # marked once: nothing reruns

@@ -6,7 +6,9 @@ from pathlib import Path
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
 from leanmed.study import training_runs as study_training_runs
-from leanmed.study.options_record import options_record_path, write_options_record
+from leanmed.study.deleted_images import LISTINGS as IMAGE_LISTINGS
+from leanmed.study.deleted_images import missing_listed_images
+from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
 from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
 from leanmed.data.splits import SplitError, validate_fractions
@@ -521,11 +523,30 @@ def resolved_param(rule_name, name, value, wildcards):
     return value(wildcards)
 
 
-def options_record(rule_name, root=OPTIONS):
+def redo_deleted_images(dataset, record):
+    """Converted images that the dataset's listing (images.csv, labels.csv) names but that were deleted outside the
+    workflow: mark the step that makes them to run again by its options record (leanmed.study.deleted_images), which
+    converts only those. A dry run only says so."""
+    listing_name, rule_name = IMAGE_LISTINGS[dataset]
+    listing = Path(RESULTS) / dataset / listing_name
+    missing = missing_listed_images(listing) if listing.is_file() else []
+    if not missing:
+        return
+    why = f"{len(missing)} image(s) listed in {listing} were missing (first: {missing[0]})"
+    marked = not workflow.dryrun and mark_to_run_again(record, why)
+    logger.warning(
+        f"{len(missing)} image(s) listed in {listing} are missing (first: {missing[0]}), deleted outside the workflow: "
+        + (f"{rule_name} runs again and makes them" if marked else f"a real run reruns {rule_name}, which makes them")
+    )
+
+
+def options_record(rule_name, root=OPTIONS, redo_deleted_images_of=None):
     """Input function giving each job of `rule_name` its options record, <root>/<rule>[/<wildcards>].json (the job's
     params as a file), rewritten only when they change; leanmed.study.options_record says why. Dry runs create absent
     records only. Rules that write outside results/ keep their records beside their outputs (root), so that a
-    results/ deleted for a clean run does not redo them (a new record is newer than every output: its job reruns)."""
+    results/ deleted for a clean run does not redo them (a new record is newer than every output: its job reruns).
+    `redo_deleted_images_of`: the dataset whose converted images the rule makes; images its listing names that were
+    deleted outside the workflow rerun the rule (redo_deleted_images)."""
 
     def record(wildcards):
         params = {
@@ -534,12 +555,17 @@ def options_record(rule_name, root=OPTIONS):
             if value not in OUTPUT_PATH_PARAMS
         }
         path = options_record_path(root, rule_name, dict(wildcards.items()))
+        if workflow.remote_exec:  # a job on a compute node: the records were written where the plan was made
+            return path
         try:
             outcome = write_options_record(path, rule_name, params, overwrite=not workflow.dryrun)
         except TypeError as error:
             raise WorkflowError(str(error)) from None
         if outcome == "kept":
             logger.info(f"{path}: the params changed; a real run rewrites this record and reruns the job")
+        if redo_deleted_images_of:
+            redo_deleted_images(redo_deleted_images_of, path)
         return path
 
     return record
+
