@@ -94,7 +94,8 @@ def test_the_images_a_listing_names_that_are_gone_are_found_in_its_order(tmp_pat
         "2,7,0,png/images/7/2.png,ok,,f2\n"
         "4,8,1,,excluded,corrupt DICOM,\n"
     )
-    assert missing_listed_images(listing) == [tmp_path / "rsna/png/images/8/3.png", tmp_path / "rsna/png/images/7/2.png"]
+    assert missing_listed_images(listing) == [
+        tmp_path / "rsna/png/images/8/3.png", tmp_path / "rsna/png/images/7/2.png"]
     labels = tmp_path / "lidc/labels.csv"  # no status column: every row names an image
     (tmp_path / "lidc/png").mkdir(parents=True)
     labels.write_text("image_id,subject_id,n_raters,label,path,fingerprint\na,p,2,1,png/a.png,f\n")

@@ -568,4 +568,3 @@ def options_record(rule_name, root=OPTIONS, redo_deleted_images_of=None):
         return path
 
     return record
-
