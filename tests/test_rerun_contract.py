@@ -448,9 +448,10 @@ def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_pa
 
     weights = tmp_path / "weights.pth"
     study = copy_workflow(tmp_path / "study")
-    config = deep_merge(STUDY, {"datasets": {"lidc": {"models": ["test_resnet"]}}, "settings": ["fp32"]})
-    config["training"]["pretrained"] = str(weights)
-    del config["datasets"]["rsna"]
+    config = deep_merge(STUDY, {
+        "datasets": {"lidc": {"models": ["test_resnet"]}}, "settings": ["fp32"], "training": {"pretrained": str(weights)},
+    })
+    del config["datasets"]["rsna"]  # deep_merge made config["datasets"] a copy: STUDY keeps its own
     write_config(study / "study.yaml", config)
     run_dir = study / "results/runs/lidc/test_resnet/fp32/s1/seed1"
     target = str((run_dir / "metrics.json").relative_to(study))
