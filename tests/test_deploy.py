@@ -1,9 +1,12 @@
 """CPU deployment figures of a trained checkpoint: real timing of a real (tiny) trained model."""
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
-from leanmed.deploy import deployment_caption, deployment_record, deployment_table
+from leanmed.deploy import (DEPLOYMENT_COLUMNS, CheckpointMissing, deployment_caption, deployment_frame,
+                            deployment_record, deployment_table)
+from leanmed.report.tables import to_markdown
 from leanmed.train.job import TrainConfig, run
 
 
@@ -40,15 +43,28 @@ def test_deployment_record_times_the_trained_checkpoint_on_cpu(tmp_path):
     assert record["trained_weight_dtype"] == "float16"
     assert record["deployed_weight_dtype"] == "float32"
 
-    missing = deployment_record(dict(run_spec, seed=2), runs_root, split_csv)
-    assert "no best checkpoint" in missing["note"]
+    # fp16 weights with torch Adam: NaN in the first epoch, no best checkpoint; listed with a note saying so.
+    diverged_spec = dict(run_spec, setting="half")
+    run(TrainConfig(split_csv=str(split_csv), out_dir=str(runs_root / "toy/mlp_small/half/s1/seed1"), image_size=16,
+                    max_epochs=2, energy=False, inference_repeats=1, lr=1e-3, **diverged_spec))
+    diverged = deployment_record(diverged_spec, runs_root, split_csv)
+    assert "the run diverged before its first epoch" in diverged["note"]
 
     paths = []
-    for index, item in enumerate((record, missing)):
+    for index, item in enumerate((diverged, record)):  # the diverged run first: its few keys fix no column order
         path = tmp_path / f"model{index}.csv"
-        pd.DataFrame([item]).to_csv(path, index=False)
+        deployment_frame([item]).to_csv(path, index=False)
         paths.append(path)
     table = deployment_table(paths)
-    assert list(table["seed"]) == [1, 2]
+    assert list(table.columns) == list(DEPLOYMENT_COLUMNS)
+    assert list(table["setting"]) == ["half", "half_8bit"]
+    markdown = to_markdown(table, deployment_caption(table))
+    assert table.loc[1, "n_test_images"] == 5 and "| 5 |" in markdown  # an integer, not 5.0
+    assert "<NA>" not in markdown and "nan" not in markdown  # the diverged run's empty cells
     caption = deployment_caption(table)
     assert "float32" in caption and "2 runs" in caption
+
+    # A finished run's best.pt deleted outside the workflow: an error naming it, not a note calling it diverged.
+    (out_dir / "best.pt").unlink()
+    with pytest.raises(CheckpointMissing, match=r"best\.pt is missing, yet .*metrics\.json reports best epoch"):
+        deployment_record(run_spec, runs_root, split_csv)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from leanmed.study.deleted_images import missing_listed_images
+from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, missing_listed_images
 from leanmed.study.options_record import (
     mark_to_run_again, options_record_path, options_record_text, write_options_record,
 )
@@ -100,3 +100,24 @@ def test_the_images_a_listing_names_that_are_gone_are_found_in_its_order(tmp_pat
     (tmp_path / "lidc/png").mkdir(parents=True)
     labels.write_text("image_id,subject_id,n_raters,label,path,fingerprint\na,p,2,1,png/a.png,f\n")
     assert missing_listed_images(labels) == [tmp_path / "lidc/png/a.png"]
+    assert deleted_images(labels) == f"1 image(s) listed in {labels} were missing (first: {tmp_path / 'lidc/png/a.png'})"
+    (tmp_path / "lidc/png/a.png").write_bytes(b"png")
+    assert deleted_images(labels) is None
+    assert deleted_images(tmp_path / "absent/labels.csv") is None  # not made yet: its step runs anyway
+
+
+def test_a_missing_best_checkpoint_reruns_a_run_that_reports_a_best_epoch_only(tmp_path):
+    run_dir = tmp_path / "seed1"
+    run_dir.mkdir()
+    assert deleted_best_checkpoint(run_dir) is None  # no metrics.json: the job runs anyway
+    metrics = run_dir / "metrics.json"
+    metrics.write_text(json.dumps({"training": {"best_epoch": None}}))
+    assert deleted_best_checkpoint(run_dir) is None  # diverged before its first epoch: it never had a best.pt
+    metrics.write_text(json.dumps({"training": {"best_epoch": 3}}))
+    assert deleted_best_checkpoint(run_dir) == (
+        f"{run_dir / 'best.pt'} (the checkpoint of best epoch 3, which metrics.json reports) was missing")
+    (run_dir / "best.pt").write_bytes(b"weights")
+    assert deleted_best_checkpoint(run_dir) is None
+    metrics.write_text("{damaged")
+    (run_dir / "best.pt").unlink()
+    assert deleted_best_checkpoint(run_dir) is None  # Snakemake decides about a damaged output, not this check

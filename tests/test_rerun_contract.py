@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -481,12 +482,13 @@ def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_pa
         process.stdout + process.stderr)
 
 
-def test_converted_images_deleted_outside_the_workflow_are_made_again_by_the_next_run(tmp_path):
+def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_again_by_the_next_run(tmp_path):
     """The PNGs are files the conversion steps write without declaring them: one deleted by hand (or a folder deleted
     to free disk) left images.csv / labels.csv naming it, "Nothing to be done", and the next training job failing on
     it (shown by a real run). The plan now finds them and reruns the step that makes them."""
     study = Study(copy_workflow(tmp_path / "study"))
     study.config = deep_merge(STUDY, {"settings": ["fp32"]})
+    study.targets = (*TARGETS, "results/deployment/cpu_inference.csv")
     study.run()
     before = study.state()
     metrics_before = {run: metrics_of(study.workdir, run) for run in before["runs"]}
@@ -510,3 +512,18 @@ def test_converted_images_deleted_outside_the_workflow_are_made_again_by_the_nex
     again = study.state()
     study.run()
     assert study.state() == again  # marked once: nothing reruns
+
+    # A run's best.pt deleted (the largest file a user frees disk of, with last.pt): CPU deployment, rerun for a new
+    # option, called the run "diverged before its first epoch" (shown by a real run). The run now trains again.
+    lidc = ("lidc", "fp32", 1)
+    lidc_dir = study.workdir / "results/runs/lidc/mlp_small/fp32/s1/seed1"
+    (lidc_dir / "best.pt").unlink()
+    study.config = deep_merge(study.config, {"deployment": {"repeats": 2}})
+    study.run()
+    assert_rerun(study, again, affected={lidc})
+    assert stable(metrics_of(study.workdir, lidc)) == stable(metrics_before[lidc])  # as trained the first time
+    assert (lidc_dir / "best.pt").is_file()
+    deployed = pd.read_csv(study.workdir / "results/deployment/cpu_inference.csv")
+    assert deployed["note"].isna().all() and (deployed["repeats"] == 2).all()
+    assert "was missing" in (study.workdir / "results/options/train/dataset=lidc/model=mlp_small/setting=fp32/"
+                             "scale=1/seed=1.json").read_text()

@@ -73,11 +73,23 @@ def benchmark_run(directory, split_csv, repeats=5, threads=1, max_images=256) ->
     }
 
 
+class CheckpointMissing(FileNotFoundError):
+    """A finished run's best checkpoint is gone: its figures cannot be measured, and a note would misreport it."""
+
+
 def deployment_record(run, runs_root, split_csv, repeats=5, threads=1, max_images=256) -> dict:
-    """One run's CPU deployment figures, or a note saying why there are none (no best checkpoint)."""
+    """One run's CPU deployment figures, or a note saying why there are none: the run diverged before any epoch
+    finished, so it has no best checkpoint. A best.pt missing although metrics.json reports a best epoch (deleted
+    outside the workflow) raises CheckpointMissing naming the file (the workflow retrains such a run first)."""
     record = {key: run[key] for key in ("dataset", "model", "setting", "scale", "seed")}
     directory = run_dir(runs_root, run["dataset"], run["model"], run["setting"], run["scale"], run["seed"])
     if not (directory / "best.pt").exists():
+        best_epoch = json.loads((directory / "metrics.json").read_text())["training"]["best_epoch"]
+        if best_epoch is not None:
+            raise CheckpointMissing(
+                f"{directory / 'best.pt'} is missing, yet {directory / 'metrics.json'} reports best epoch {best_epoch}: "
+                "the checkpoint was deleted outside the workflow; run the workflow again, which retrains this run"
+            )
         record["note"] = f"no best checkpoint in {directory} (the run diverged before its first epoch)"
         return record
     record.update(benchmark_run(directory, split_csv, repeats=repeats, threads=threads, max_images=max_images))
@@ -85,9 +97,28 @@ def deployment_record(run, runs_root, split_csv, repeats=5, threads=1, max_image
     return record
 
 
+# The table's columns in order, whatever the first run holds (a diverged run has the run keys and a note only), and
+# those holding whole numbers (kept integers where some run has none, as a clean run of other runs would write them).
+DEPLOYMENT_COLUMNS = (
+    "dataset", "model", "setting", "scale", "seed", "per_image_latency_ms", "test_set_seconds_batch32",
+    "throughput_images_per_s", "n_test_images", "input_size", "trained_weight_dtype", "deployed_weight_dtype", "cpu",
+    "threads", "repeats", "note",
+)
+INTEGER_COLUMNS = ("scale", "seed", "n_test_images", "input_size", "threads", "repeats")
+
+
+def deployment_frame(rows) -> pd.DataFrame:
+    """``deployment_record`` rows (dicts or a DataFrame) with DEPLOYMENT_COLUMNS in order, whole numbers as integers
+    (empty where a run has none), the note empty rather than missing."""
+    frame = pd.DataFrame(rows).reindex(columns=list(DEPLOYMENT_COLUMNS))
+    frame = frame.astype({column: "Int64" for column in INTEGER_COLUMNS})
+    frame["note"] = frame["note"].fillna("")
+    return frame
+
+
 def deployment_table(table_paths) -> pd.DataFrame:
     """Tables of ``deployment_record`` rows (CSV files, e.g. one per model) as one table, in the given order."""
-    return pd.concat([pd.read_csv(path) for path in table_paths], ignore_index=True)
+    return deployment_frame(pd.concat([pd.read_csv(path) for path in table_paths], ignore_index=True))
 
 
 def deployment_caption(table: pd.DataFrame) -> str:

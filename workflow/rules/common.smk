@@ -6,8 +6,7 @@ from pathlib import Path
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
 from leanmed.study import training_runs as study_training_runs
-from leanmed.study.deleted_images import LISTINGS as IMAGE_LISTINGS
-from leanmed.study.deleted_images import missing_listed_images
+from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
 from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
@@ -523,30 +522,38 @@ def resolved_param(rule_name, name, value, wildcards):
     return value(wildcards)
 
 
-def redo_deleted_images(dataset, record):
-    """Converted images that the dataset's listing (images.csv, labels.csv) names but that were deleted outside the
-    workflow: mark the step that makes them to run again by its options record (leanmed.study.deleted_images), which
-    converts only those. A dry run only says so."""
-    listing_name, rule_name = IMAGE_LISTINGS[dataset]
-    listing = Path(RESULTS) / dataset / listing_name
-    missing = missing_listed_images(listing) if listing.is_file() else []
-    if not missing:
+def images_deleted_from(listing):
+    """A `redo_when` check of options_record: converted images that `listing` (images.csv, labels.csv) names were
+    deleted outside the workflow (leanmed.study.deleted_outputs); the step writing it converts only those."""
+    return lambda wildcards: deleted_images(listing)
+
+
+def best_checkpoint_deleted(wildcards):
+    """A `redo_when` check of options_record: the run's best.pt, which CPU deployment reads, was deleted outside the
+    workflow; its training job trains the run again."""
+    return deleted_best_checkpoint(RUN_DIR.format(**wildcards))
+
+
+def redo_if(check, rule_name, record, wildcards):
+    """Mark the job of `record` to run again (leanmed.study.options_record.mark_to_run_again) when `check` says why:
+    a file it writes without declaring it was deleted outside the workflow. A dry run only says so."""
+    why = check(wildcards)
+    if not why:
         return
-    why = f"{len(missing)} image(s) listed in {listing} were missing (first: {missing[0]})"
     marked = not workflow.dryrun and mark_to_run_again(record, why)
     logger.warning(
-        f"{len(missing)} image(s) listed in {listing} are missing (first: {missing[0]}), deleted outside the workflow: "
-        + (f"{rule_name} runs again and makes them" if marked else f"a real run reruns {rule_name}, which makes them")
+        f"{why}, deleted outside the workflow: "
+        + (f"{rule_name} runs again and makes it" if marked else f"a real run reruns {rule_name}, which makes it")
     )
 
 
-def options_record(rule_name, root=OPTIONS, redo_deleted_images_of=None):
+def options_record(rule_name, root=OPTIONS, redo_when=None):
     """Input function giving each job of `rule_name` its options record, <root>/<rule>[/<wildcards>].json (the job's
     params as a file), rewritten only when they change; leanmed.study.options_record says why. Dry runs create absent
     records only. Rules that write outside results/ keep their records beside their outputs (root), so that a
     results/ deleted for a clean run does not redo them (a new record is newer than every output: its job reruns).
-    `redo_deleted_images_of`: the dataset whose converted images the rule makes; images its listing names that were
-    deleted outside the workflow rerun the rule (redo_deleted_images)."""
+    `redo_when`: a function of the wildcards saying why the job must run again although its params are the same (a
+    file it writes without declaring it was deleted: images_deleted_from, best_checkpoint_deleted), or None."""
 
     def record(wildcards):
         params = {
@@ -563,8 +570,8 @@ def options_record(rule_name, root=OPTIONS, redo_deleted_images_of=None):
             raise WorkflowError(str(error)) from None
         if outcome == "kept":
             logger.info(f"{path}: the params changed; a real run rewrites this record and reruns the job")
-        if redo_deleted_images_of:
-            redo_deleted_images(redo_deleted_images_of, path)
+        if redo_when:
+            redo_if(redo_when, rule_name, path, wildcards)
         return path
 
     return record

@@ -30,7 +30,7 @@ rule train:
     input:
         split=f"{RESULTS}/{{dataset}}/split.csv",
         weights=weights_manifest,
-        options=options_record("train"),
+        options=options_record("train", redo_when=best_checkpoint_deleted),
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         epochs=f"{RUN_DIR}/epochs.csv",

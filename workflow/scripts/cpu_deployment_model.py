@@ -3,9 +3,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-import pandas as pd
-
-from leanmed.deploy import deployment_record
+from leanmed.deploy import deployment_frame, deployment_record
 
 records = [
     deployment_record(
@@ -18,4 +16,4 @@ records = [
     )
     for run in snakemake.params.runs
 ]
-pd.DataFrame(records).to_csv(snakemake.output.table, index=False)
+deployment_frame(records).to_csv(snakemake.output.table, index=False)

@@ -256,7 +256,7 @@ def latex_escape(text) -> str:
 
 
 def _cell_text(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):  # NA: nullable integers
         return ""
     return str(value)
 

@@ -47,6 +47,11 @@ def options_record_text(rule: str, params: Mapping[str, object], redone: Mapping
     record = dict(about=ABOUT, rule=rule, params=dict(params))
     if redone:
         record["redone"] = dict(redone)
+    return _record_text(record)
+
+
+def _record_text(record: Mapping[str, object]) -> str:
+    """A record as the file holds it: equal records, equal texts (keys sorted)."""
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
@@ -98,5 +103,5 @@ def mark_to_run_again(path: str | os.PathLike, why: str) -> bool:
     except ValueError:
         return False
     record["redone"] = dict(at=datetime.now(timezone.utc).isoformat(timespec="microseconds"), why=why)
-    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(path, _record_text(record))
     return True
