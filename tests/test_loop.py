@@ -130,21 +130,6 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed_the_job_starts_ove
     assert stable_part(rerun) == stable_part(fresh)
 
 
-def test_a_finished_run_whose_best_checkpoint_was_deleted_trains_afresh_not_scored_as_diverged(split_csv, tmp_path,
-                                                                                                caplog):
-    """A finished last.pt holds the last epoch's weights, not the best one's: resumed without best.pt, the run
-    reported no test result, as if it had diverged before its first epoch. It trains again, as a clean run does."""
-    first = run(config(split_csv, tmp_path / "run", max_epochs=2))
-    best = tmp_path / "run" / "best.pt"
-    best.unlink()
-    with caplog.at_level(logging.INFO):
-        rerun = run(config(split_csv, tmp_path / "run", max_epochs=2))
-    assert rerun["training"]["resumed"] is False
-    assert rerun["test"]["accuracy"] is not None and best.is_file()
-    assert stable_part(rerun) == stable_part(first)
-    assert "starting over: best.pt of best epoch" in caplog.text
-
-
 def test_a_changed_config_hash_starts_over(split_csv, tmp_path):
     run(config(split_csv, tmp_path, max_epochs=1, config_hash="before"))
     rerun = run(config(split_csv, tmp_path, max_epochs=1, config_hash="after"))

@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, missing_listed_images
+from leanmed.study.deleted_outputs import (
+    deleted_best_checkpoint, deleted_images, drop_last_checkpoint, missing_listed_images,
+)
 from leanmed.study.options_record import (
     mark_to_run_again, options_record_path, options_record_text, write_options_record,
 )
@@ -116,6 +118,9 @@ def test_a_missing_best_checkpoint_reruns_a_run_that_reports_a_best_epoch_only(t
     metrics.write_text(json.dumps({"training": {"best_epoch": 3}}))
     assert deleted_best_checkpoint(run_dir) == (
         f"{run_dir / 'best.pt'} (the checkpoint of best epoch 3, which metrics.json reports) was missing")
+    (run_dir / "last.pt").write_bytes(b"last epoch")
+    assert drop_last_checkpoint(run_dir) is True and not (run_dir / "last.pt").exists()
+    assert drop_last_checkpoint(run_dir) is False
     (run_dir / "best.pt").write_bytes(b"weights")
     assert deleted_best_checkpoint(run_dir) is None
     metrics.write_text("{damaged")

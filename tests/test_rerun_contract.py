@@ -525,5 +525,6 @@ def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_
     assert (lidc_dir / "best.pt").is_file()
     deployed = pd.read_csv(study.workdir / "results/deployment/cpu_inference.csv")
     assert deployed["note"].isna().all() and (deployed["repeats"] == 2).all()
-    assert "was missing" in (study.workdir / "results/options/train/dataset=lidc/model=mlp_small/setting=fp32/"
-                             "scale=1/seed=1.json").read_text()
+    why = json.loads((study.workdir / "results/options/train/dataset=lidc/model=mlp_small/setting=fp32/scale=1/"
+                      "seed=1.json").read_text())["redone"]["why"]
+    assert "was missing" in why and "last.pt deleted" in why  # resumed, the last epoch's weights would score nothing

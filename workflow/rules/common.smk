@@ -6,7 +6,7 @@ from pathlib import Path
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
 from leanmed.study import training_runs as study_training_runs
-from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images
+from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_last_checkpoint
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
 from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
@@ -530,8 +530,13 @@ def images_deleted_from(listing):
 
 def best_checkpoint_deleted(wildcards):
     """A `redo_when` check of options_record: the run's best.pt, which CPU deployment reads, was deleted outside the
-    workflow; its training job trains the run again."""
-    return deleted_best_checkpoint(RUN_DIR.format(**wildcards))
+    workflow; its training job trains the run again, from scratch: a real run deletes the run's last.pt, which does
+    not hold the best epoch's weights (leanmed.study.deleted_outputs)."""
+    run = RUN_DIR.format(**wildcards)
+    why = deleted_best_checkpoint(run)
+    if why and not workflow.dryrun and drop_last_checkpoint(run):
+        why += f"; {run}/last.pt deleted (the last epoch's weights: resumed, the run would have no test result)"
+    return why
 
 
 def redo_if(check, rule_name, record, wildcards):

@@ -7,7 +7,9 @@ Snakemake cannot see such a file go missing, as it is no output of any rule:
   runs again and converts only the missing images (the others keep their fingerprint), writing the same listing.
 - a run's best-validation checkpoint, best.pt (hundreds of MB for the larger models): CPU deployment reads it, and a
   rerun of deployment reported the run as "diverged before its first epoch". The training job runs again and, as
-  its best weights are gone, trains the run afresh (a finished last.pt does not hold them).
+  its best weights are gone, trains the run afresh: its last.pt, which holds the last epoch's weights and not the
+  best one's (resumed, the run would have no test result), is deleted first (``drop_last_checkpoint``). This is done
+  here, while planning, not in the training job, whose code is part of every run's fingerprint.
 Each check returns why the job must run again, or None.
 """
 
@@ -19,6 +21,7 @@ import os
 from pathlib import Path
 
 BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
 
 
 def missing_listed_images(listing: str | os.PathLike) -> list[Path]:
@@ -58,3 +61,12 @@ def deleted_best_checkpoint(run_dir: str | os.PathLike) -> str | None:
     if best_epoch is None:
         return None
     return f"{best} (the checkpoint of best epoch {best_epoch}, which metrics.json reports) was missing"
+
+
+def drop_last_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Delete the run's last.pt (once its best.pt is gone, resuming it would end without a test result); True when
+    there was one."""
+    last = Path(run_dir) / LAST_CHECKPOINT
+    existed = last.is_file()
+    last.unlink(missing_ok=True)
+    return existed

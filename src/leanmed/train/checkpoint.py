@@ -136,20 +136,14 @@ def resumable_checkpoint(path: Path, fingerprint: dict) -> dict | None:
     return checkpoint
 
 
-def checkpoint_for_resume(path: Path, fingerprint: dict, best_path: Path | None = None
-                          ) -> tuple[dict | None, str | None]:
+def checkpoint_for_resume(path: Path, fingerprint: dict) -> tuple[dict | None, str | None]:
     """(the last.pt at ``path`` if this very configuration wrote it, else None; why a last.pt present was refused,
-    else None). The reason is one short line naming what differs; both fingerprints are logged at DEBUG.
-    ``best_path``: the run's best.pt; a last.pt with a best epoch is refused when it is missing (deleted outside the
-    workflow), as last.pt holds the last epoch's weights, not the best one's, and the test needs those."""
+    else None). The reason is one short line naming what differs; both fingerprints are logged at DEBUG."""
     if not path.is_file():
         return None, None
     checkpoint = load_checkpoint(path)
     written_by = checkpoint.get("fingerprint")
     if written_by == fingerprint:
-        if best_path is not None and checkpoint.get("best_epoch") is not None and not best_path.is_file():
-            return None, (f"{best_path.name} of best epoch {checkpoint['best_epoch']} is missing and {path.name} does "
-                          "not hold its weights")
         return checkpoint, None
     logging.getLogger(__name__).debug("%s fingerprint %s, this job's %s", path, written_by, fingerprint)
     if isinstance(written_by, dict):

@@ -17,8 +17,7 @@ content of metrics.json and the other files ``leanmed.train.record``. Behaviour 
   and renamed (atomic). ``best.pt`` holds the model weights and bookkeeping, without optimiser state (it is only
   evaluated, and this halves the disk space of big models).
 - Resume: with ``last.pt`` present the job continues from it (model, optimiser, scaler, history, RNG states), and ends
-  with the same metrics as an uninterrupted run. A ``last.pt`` of another configuration or other inputs is refused,
-  and so is one whose ``best.pt`` was deleted (it does not hold the best epoch's weights): the run trains afresh.
+  with the same metrics as an uninterrupted run. A ``last.pt`` of another configuration or other inputs is refused.
 - SIGTERM (e.g. a cluster's time limit): the current batch finishes, the epoch is abandoned, ``last.pt`` keeps the
   last finished epoch, and ``TrainingInterrupted`` (a SystemExit with code 143) ends the job non-zero so the workflow
   reruns it, which resumes.
@@ -201,7 +200,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
     fingerprint = job_fingerprint(cfg, device, inputs)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    checkpoint, refused = checkpoint_for_resume(last_path, fingerprint, best_path)
+    checkpoint, refused = checkpoint_for_resume(last_path, fingerprint)
     resumed_now = checkpoint is not None
     if resumed_now:
         state = resume_state(checkpoint, model, optimizer, scaler)
