@@ -102,7 +102,8 @@ def test_the_images_a_listing_names_that_are_gone_are_found_in_its_order(tmp_pat
     (tmp_path / "lidc/png").mkdir(parents=True)
     labels.write_text("image_id,subject_id,n_raters,label,path,fingerprint\na,p,2,1,png/a.png,f\n")
     assert missing_listed_images(labels) == [tmp_path / "lidc/png/a.png"]
-    assert deleted_images(labels) == f"1 image(s) listed in {labels} were missing (first: {tmp_path / 'lidc/png/a.png'})"
+    first = tmp_path / "lidc/png/a.png"
+    assert deleted_images(labels) == f"1 image(s) listed in {labels} were missing (first: {first})"
     (tmp_path / "lidc/png/a.png").write_bytes(b"png")
     assert deleted_images(labels) is None
     assert deleted_images(tmp_path / "absent/labels.csv") is None  # not made yet: its step runs anyway

@@ -87,7 +87,8 @@ def deployment_record(run, runs_root, split_csv, repeats=5, threads=1, max_image
         best_epoch = json.loads((directory / "metrics.json").read_text())["training"]["best_epoch"]
         if best_epoch is not None:
             raise CheckpointMissing(
-                f"{directory / 'best.pt'} is missing, yet {directory / 'metrics.json'} reports best epoch {best_epoch}: "
+                f"{directory / 'best.pt'} is missing, yet {directory / 'metrics.json'} reports best epoch "
+                f"{best_epoch}: "
                 "the checkpoint was deleted outside the workflow; run the workflow again, which retrains this run"
             )
         record["note"] = f"no best checkpoint in {directory} (the run diverged before its first epoch)"

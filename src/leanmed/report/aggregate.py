@@ -103,6 +103,8 @@ METRIC_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("provenance", "timm"), "timm_version"),
     (("provenance", "bitsandbytes"), "bitsandbytes_version"),
     (("provenance", "cuda"), "cuda_version"),
+    (("provenance", "cudnn"), "cudnn_version"),
+    (("provenance", "torch_threads"), "torch_threads"),
     (("provenance", "python"), "python_version"),
     (("provenance", "git_revision"), "git_revision"),
     (("provenance", "config_hash"), "config_hash"),

@@ -1,5 +1,5 @@
-"""Caption texts about the summarised runs (rows of ``leanmed.report.grouping.group_summary``): the devices they ran
-on, the kind of memory their peaks are, the training step they ran.
+"""Caption texts about the summarised runs (rows of ``leanmed.report.grouping.group_summary``): the kind of memory
+their peaks are, the training step they ran (where they ran: ``leanmed.report.environments``).
 """
 
 from __future__ import annotations
@@ -7,20 +7,6 @@ from __future__ import annotations
 import pandas as pd
 
 from leanmed.report.grouping import ordered_unique
-
-
-def describe_devices(groups: pd.DataFrame) -> str:
-    """"cuda (NVIDIA H100)"-style list of the devices the summarised runs ran on, or "unknown"."""
-    pairs = []
-    for device, name in zip(groups.get("device", []), groups.get("device_name", [])):
-        for single_device, single_name in zip(str(device).split("; "), str(name).split("; ")):
-            if not single_device or single_device == "nan":
-                continue
-            label = f"{single_device} ({single_name})" if single_name and single_name != "nan" else single_device
-            pairs.append(label)
-    pairs = ordered_unique(pairs)
-    return ", ".join(pairs) if pairs else "unknown (no finished run)"
-
 
 MEMORY_KIND_DESCRIPTIONS = {
     "cuda_max_memory_allocated_bytes": "GPU memory: torch.cuda.max_memory_allocated during the training phase",

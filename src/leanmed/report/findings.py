@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from leanmed.report.environments import same_environment
 from leanmed.report.grouping import GIGABYTE, group_summary, order_settings
 from leanmed.report.stats import VERDICT_DEGRADATION, VERDICT_INCONCLUSIVE, VERDICT_NON_INFERIOR
 
@@ -91,17 +92,27 @@ def energy_is_estimated(*groups: pd.Series | None) -> bool:
     return any(group is not None and group["energy_n_estimated"] > 0 for group in groups)
 
 
+# Time, memory and energy measured in different environments (or a mean over seeds from several) say nothing
+# about the setting: the ratio is printed with this note (leanmed.report.environments).
+OTHER_ENVIRONMENTS = "measured in different environments, not comparable"
+
+
 def cost_ratios(group: pd.Series, base: pd.Series | None) -> str:
     """Peak memory, time to convergence and training energy as ratios to the baseline's means."""
-    memory_note = ""
+    environments_note = OTHER_ENVIRONMENTS if base is not None and not same_environment(group, base) else ""
+    memory_notes = [environments_note]
     if base is not None and group["memory_kind"] != base["memory_kind"]:
-        memory_note = "memory kinds differ, not comparable"
-    energy_note = "estimated" if energy_is_estimated(group, base) else ""
+        memory_notes.append("memory kinds differ, not comparable")
+    energy_notes = [environments_note, "estimated" if energy_is_estimated(group, base) else ""]
     return ", ".join([
-        ratio_text("peak training memory", group, base, "train_peak_bytes_mean", memory_note),
-        ratio_text("time to convergence", group, base, "time_to_best_s_mean"),
-        ratio_text("training energy", group, base, "energy_wh_mean", energy_note),
+        ratio_text("peak training memory", group, base, "train_peak_bytes_mean", _notes(memory_notes)),
+        ratio_text("time to convergence", group, base, "time_to_best_s_mean", environments_note),
+        ratio_text("training energy", group, base, "energy_wh_mean", _notes(energy_notes)),
     ])
+
+
+def _notes(notes: list[str]) -> str:
+    return "; ".join(note for note in notes if note)
 
 
 def _number(value, unit: str, digits: str = ".3g") -> str:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from leanmed.report.aggregate import FINISHED_STATUSES, as_boolean
+from leanmed.report.environments import joined_environments
 
 # Energy method texts contain "; " themselves: several runs' methods are joined with this instead, and split back
 # with ``split_methods``, so a caption prints each method whole.
@@ -163,6 +164,7 @@ def group_summary(summary: pd.DataFrame, dataset: str | None = None, scale: int 
         for column in ("memory_kind", "device", "device_name", "weight_dtype", "autocast_dtype", "optimizer_class",
                        "step", "step_requested", "step_applied"):
             record[column] = _joined_unique(finished.get(column, pd.Series(dtype=object)))
+        record["environment"] = joined_environments(finished)
         records.append(record)
     return pd.DataFrame(records)
 

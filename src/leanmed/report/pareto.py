@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from leanmed.report.captions import describe_devices, describe_memory_kinds
+from leanmed.report.captions import describe_memory_kinds
+from leanmed.report.environments import describe_environments
 from leanmed.report.grouping import group_summary, order_settings
 
 ENERGY_COLUMN = "energy_wh_mean"
@@ -92,7 +93,7 @@ def pareto_front(summary: pd.DataFrame, dataset: str, scale: int = 1) -> pd.Data
             "accuracy_mean", "accuracy_std", "accuracy_n", ENERGY_COLUMN, "energy_n", "energy_n_estimated",
             "energy_assumed_power_w",
             TIME_FALLBACK_COLUMN, "train_peak_gb_mean", "inference_test_set_seconds_mean", "memory_kind", "device",
-            "device_name",
+            "device_name", "environment",
         ]
     ].copy()
     front["cost_column"] = cost_column
@@ -119,6 +120,6 @@ def pareto_front(summary: pd.DataFrame, dataset: str, scale: int = 1) -> pd.Data
         f"bytes ({describe_memory_kinds(groups)}; lower); inference time over the test set in s (lower). "
         f"non_dominated: no other pair is at least as good on all four and better on one (empty: an objective "
         f"is missing, nothing imputed); non_dominated_within_model compares the settings of one model only. "
-        f"Device(s): {describe_devices(groups)}."
+        f"Measured on: {describe_environments(groups, keyed='column environment')}."
     )
     return front

@@ -19,7 +19,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from leanmed.report.captions import describe_devices, describe_memory_kinds
+from leanmed.report.captions import describe_memory_kinds
+from leanmed.report.environments import describe_environments
 from leanmed.report.grouping import group_summary, order_settings
 
 DPI = 150
@@ -265,7 +266,7 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
                                     zip(data["setting"], data["accuracy_n"], data["n_expected"]))
             + ". " + energy_description(groups) + " Memory = "
             f"{describe_memory_kinds(groups)}, GB = 1e9 bytes. T = inference over the whole test set. "
-            f"Device: {describe_devices(groups)}. Hollow markers: a seed diverged. "
+            f"Measured on: {describe_environments(groups)}. Hollow markers: a seed diverged. "
             + coincidence_note(coinciding, "on every axis"),
         )
         figure.subplots_adjust(bottom=0.2)
@@ -346,8 +347,8 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
             f"Lines join the means over finished seeds at each S ({_seed_counts(groups)} per point); bands: ± "
             f"sample standard deviation (ddof=1) where at least two seeds finished. Test accuracy at the "
             f"best-validation checkpoint. Downsampling mode: {downsample_modes}. "
-            f"Device: {describe_devices(groups)}. Settings are drawn slightly apart along S; ticks mark the measured "
-            "S. " + coincidence_note(coinciding, "at every S"),
+            f"Measured on: {describe_environments(groups)}. Settings are drawn slightly apart along S; ticks mark "
+            "the measured S. " + coincidence_note(coinciding, "at every S"),
         )
         figure.subplots_adjust(bottom=0.22)
         _save(figure, out_png, out_pdf)
@@ -447,7 +448,8 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
         axes.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         note = (
             f"Means over finished seeds ({int(front_df['n_finished'].sum())} of {int(front_df['n_expected'].sum())} "
-            f"expected runs). Memory: {describe_memory_kinds(front_df)}. Device: {describe_devices(front_df)}."
+            f"expected runs). Memory: {describe_memory_kinds(front_df)}. "
+            f"Measured on: {describe_environments(front_df)}."
         )
         if estimated_energy:
             note += " " + energy_description(front_df)

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from leanmed.report.aggregate import FINISHED_STATUSES, run_dir
-from leanmed.report.captions import describe_devices
+from leanmed.report.environments import describe_environments
 from leanmed.report.grouping import group_summary, order_settings
 
 EXACT_MCNEMAR_BELOW = 25  # b + c below this: exact binomial test (the chi-square approximation is poor there)
@@ -315,9 +315,10 @@ def comparison_table(
             record["note"] = "; ".join(notes)
             records.append(record)
     table = pd.DataFrame(records)
-    devices = describe_devices(group_summary(summary, dataset=dataset, scale=scale)) if not rows.empty else "unknown"
+    environments = (describe_environments(group_summary(summary, dataset=dataset, scale=scale)) if not rows.empty
+                    else "unknown")
     table.attrs["caption"] = comparison_caption(dataset, scale, baseline_setting, margin, n_bootstrap, confidence,
-                                                resample_unit) + f" Device(s) of the runs: {devices}."
+                                                resample_unit) + f" The runs were measured on: {environments}."
     return table
 
 

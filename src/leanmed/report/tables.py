@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from leanmed.report.captions import describe_devices, describe_memory_kinds, describe_step
+from leanmed.report.captions import describe_memory_kinds, describe_step
+from leanmed.report.environments import describe_environments, environment_keys, environments_of
 from leanmed.report.grouping import GIGABYTE, SETTING_ALIASES, group_summary, order_settings, split_methods
 
 CHECK = "✓"
@@ -37,6 +38,8 @@ FALLBACK_PAPER_FLAGS = {
     "paged_8bit": (True, False, False),
 }
 
+# Added before "Runs" only when the table's runs were measured in more than one environment: each row's (E1, E1+E2).
+ENVIRONMENT_COLUMN = "Env"
 PAPER_TABLE_COLUMNS = (
     "Model",
     "Setting",
@@ -158,6 +161,10 @@ def paper_table(summary: pd.DataFrame, dataset: str, scale: int = 1) -> pd.DataF
             }
         )
     table = pd.DataFrame(rows, columns=list(PAPER_TABLE_COLUMNS))
+    environments = environments_of(groups)
+    if len(environments) > 1:  # the paper's layout when all runs share one environment, as they should
+        table.insert(table.columns.get_loc("Runs"), ENVIRONMENT_COLUMN,
+                     [environment_keys(cell, environments) for cell in groups["environment"]])
     table.attrs["caption"] = paper_caption(summary, dataset, scale)
     return table
 
@@ -220,7 +227,8 @@ def paper_caption(summary: pd.DataFrame, dataset: str, scale: int = 1) -> str:
         f"T (s) = inference time of the trained model over the whole test set. "
         f"{energy_text}. "
         f"'{NOT_AVAILABLE}' = no finished run has the value. "
-        f"Device(s): {describe_devices(groups)}; training step: {describe_step(groups)}; time ratios between "
+        f"Measured on: {describe_environments(groups, keyed=f'column {ENVIRONMENT_COLUMN}')}; "
+        f"training step: {describe_step(groups)}; time ratios between "
         f"settings depend on the step."
     )
 
