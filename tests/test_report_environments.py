@@ -40,9 +40,10 @@ def test_a_runs_environment_is_named_from_its_provenance(tmp_path):
 
     # summary.csv carries what the label needs, threads and cuDNN included.
     summary = summary_of(tmp_path, [measured_on(make_metrics("rsna", "densenet121", "fp32", 1, 1, accuracy=0.7),
-                                                cudnn=91002, torch_threads=8)])
+                                                cudnn=91002, torch_threads=8, cuda="13.0")])
     assert summary.loc[0, "cudnn_version"] == 91002 and summary.loc[0, "torch_threads"] == 8
-    assert environments.run_environment(summary.loc[0]) == H100.replace("CUDA 12.8", "CUDA 12.8, cuDNN 91002")
+    # CUDA "13.0" stays text through the CSV (read as a number, it printed "CUDA 13").
+    assert environments.run_environment(summary.loc[0]) == H100.replace("CUDA 12.8", "CUDA 13.0, cuDNN 91002")
 
 
 def mixed_study(tmp_path):

@@ -283,9 +283,15 @@ def as_boolean(value):
     return None
 
 
+# Columns of text that pandas would read as numbers: CUDA "13.0" as 13.0 (printed "13"), a git revision of digits.
+TEXT_COLUMNS = ("device_name", "torch_version", "timm_version", "bitsandbytes_version", "cuda_version",
+                "python_version", "git_revision", "config_hash")
+
+
 def read_summary(path: str | Path) -> pd.DataFrame:
-    """Read summary.csv back with its boolean columns as True/False/None rather than text."""
-    summary = pd.read_csv(path)
+    """Read summary.csv back with its boolean columns as True/False/None rather than text, and its version columns as
+    text (TEXT_COLUMNS)."""
+    summary = pd.read_csv(path, dtype={column: str for column in TEXT_COLUMNS})
     for column in BOOLEAN_COLUMNS:
         if column in summary.columns:
             summary[column] = summary[column].map(as_boolean).astype(object)
