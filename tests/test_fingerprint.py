@@ -53,6 +53,26 @@ def test_an_edit_two_imports_away_changes_the_fingerprint_and_an_unrelated_one_d
     assert fingerprint.code_version("step") != before
 
 
+def test_an_import_added_later_in_the_same_process_is_followed(package):
+    # The parsed imports are cached per file version: the same process sees an edit (Snakemake parses once, a
+    # long-lived caller may not).
+    assert "unrelated.py" not in fingerprint.code_files("step")
+    (package / "sub/deep.py").write_text("import numpy\nfrom leanmed import unrelated\nCONSTANT = 2\n")
+    assert "unrelated.py" in fingerprint.code_files("step")
+
+
+def test_imports_are_found_in_every_kind_of_nested_statement(package):
+    (package / "step.py").write_text(
+        "class Runner:\n    import leanmed.sub.helper\n"
+        "try:\n    pass\nexcept ImportError:\n    import leanmed.unrelated\nelse:\n    pass\n"
+        "finally:\n    from leanmed import atomic\n"
+        "match 1:\n    case 1:\n        with open(__file__):\n            for _ in ():\n                pass\n"
+        "            else:\n                import leanmed.sub.deep\n"
+    )
+    assert fingerprint.code_files("step") == (
+        "step.py", "sub/__init__.py", "sub/deep.py", "sub/helper.py", "unrelated.py")
+
+
 def test_unknown_group_names_the_known_ones():
     with pytest.raises(KeyError, match="unknown code group 'nope'.*training"):
         fingerprint.code_version("nope")
