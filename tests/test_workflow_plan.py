@@ -53,6 +53,14 @@ def test_missing_data_says_what_to_download_and_where(workdir):
         ({"split": {"fractions": [0.5, 0.2, 0.2]}}, ["split.fractions"]),
         ({"split": {"stratify_by": {"rsna": ["scanner"]}}}, ["split.stratify_by.rsna", "scanner", "machine_id"]),
         ({"split": {"stratify_by": {"rsna": "machine_id"}}}, ["stratify_by", "machine_id"]),
+        ({"datasets": {"rsna": {"models": []}, "lidc": {"models": []}}}, ["config key datasets", "nothing to train"]),
+        (
+            {
+                "datasets": {"rsna": {"models": []}},
+                "downsampling": {"runs": [{"dataset": "rsna", "model": "mlp", "settings": ["fp32"], "scales": [2]}]},
+            },
+            ["downsampling.runs[0].dataset", "'rsna' is not among the datasets of the study (lidc;"],
+        ),
     ],
 )
 def test_config_errors_fail_at_start_naming_the_key(workdir, overrides, expected):

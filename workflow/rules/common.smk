@@ -5,6 +5,7 @@ from pathlib import Path
 
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
+from leanmed.study import studied_datasets
 from leanmed.study import training_runs as study_training_runs
 from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_last_checkpoint
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
@@ -22,7 +23,7 @@ from snakemake.logging import logger
 RESULTS = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
 BENCHMARKS = f"{RESULTS}/benchmarks"
-DATASETS = list(config["datasets"])
+DATASETS = studied_datasets(config)  # those with models: an empty list leaves one out
 
 
 # ---------------------------------------------------------------- config checks
@@ -43,11 +44,16 @@ def check_config():
         for model in entry["models"]:
             if not is_known_model(model):
                 raise unknown_model(f"datasets.{dataset}.models", model)
+    if not DATASETS:
+        raise WorkflowError(
+            "config key datasets: every dataset's models list is empty, so the study has nothing to train; "
+            "name at least one model (e.g. datasets.lidc.models: [densenet121])."
+        )
     for index, run in enumerate(config["downsampling"]["runs"]):
-        if run["dataset"] not in config["datasets"]:
+        if run["dataset"] not in DATASETS:
             raise WorkflowError(
-                f"config key downsampling.runs[{index}].dataset: {run['dataset']!r} is not in "
-                f"datasets ({', '.join(DATASETS)})."
+                f"config key downsampling.runs[{index}].dataset: {run['dataset']!r} is not among the datasets "
+                f"of the study ({', '.join(DATASETS)}; a dataset with an empty models list is left out)."
             )
         if not is_known_model(run["model"]):
             raise unknown_model(f"downsampling.runs[{index}].model", run["model"])

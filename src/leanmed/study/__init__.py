@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["training_runs"]
+__all__ = ["studied_datasets", "training_runs"]
+
+
+def studied_datasets(config: Mapping) -> list[str]:
+    """The datasets of the study, in config order: those with at least one model. An empty ``models`` list leaves a
+    dataset out (a file given with ``--configfile`` extends config.yaml and cannot remove its key): nothing of it is
+    prepared, trained or reported."""
+    return [dataset for dataset, entry in config["datasets"].items() if entry["models"]]
 
 
 def training_runs(config: Mapping) -> list[dict]:
