@@ -9,7 +9,8 @@ training option, a new seed and a knob of the LIDC generator. After each rerun e
 configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
 training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
 a copy of the package (the table code, the manifest merge) and reruns: exactly the rules importing it rerun. Others
-take a model, setting, seed and curve (then a whole dataset) out of the config: the report equals a clean run's.
+take a dataset, model, setting, seed and curve out of the config: the report equals a clean run's, and put back, every
+run is reused as it was.
 """
 
 import hashlib
@@ -346,12 +347,14 @@ def report_files(workdir):
     }
 
 
-def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_and_lists_the_runs(tmp_path):
-    """A model, a setting, a seed and a downsampling curve taken out of the config: a rerun leaves the report files
-    of a clean run of the smaller study, and the dropped runs, untouched and listed in results/leftovers.md."""
-    # LIDC only (an empty models list leaves RSNA out): one dataset is enough to drop each kind of thing.
-    small = deep_merge(STUDY, {"settings": ["fp32"], "datasets": {"rsna": {"models": []}}})
-    big = deep_merge(small, {
+def test_a_smaller_study_leaves_a_clean_runs_report_and_what_it_dropped_comes_back_into_use_unchanged(tmp_path):
+    """A dataset, a model, a setting, a seed and a downsampling curve taken out of the config at once (the dataset:
+    `models: []`, since a --configfile extends config.yaml and cannot remove its key): a rerun leaves the report
+    files of a clean run of the smaller study, which needs no data of the dropped dataset; the dropped runs and
+    prepared data stay untouched, listed in results/leftovers.md. Put back, every run is reused as it was and the
+    report files are made again."""
+    small = deep_merge(STUDY, {"settings": ["fp32"], "datasets": {"rsna": {"models": []}}})  # LIDC, fp32, seed 1
+    big = deep_merge(STUDY, {
         "datasets": {"lidc": {"models": ["mlp_small", "test_resnet"]}},
         "settings": ["fp32", "8bit"],
         "seeds": [1, 2],
@@ -360,7 +363,8 @@ def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_a
     study = Study(copy_workflow(tmp_path / "changed"))
     study.config, study.targets = big, ("all",)
     study.run()
-    before = run_folders(study.workdir)
+    before, big_report = run_folders(study.workdir), report_files(study.workdir)
+    assert {"tables/rsna.md", "figures/radar_rsna_mlp_small.png", "figures/radar_lidc_test_resnet.png"} <= big_report
     snakemake_patched(study.workdir, "--report", "results/report.html", "--configfile", "study.yaml", check=True)
     assert "radar_lidc_test_resnet.png" in (study.workdir / "results/report.html").read_text()
     study.config = small
@@ -370,64 +374,38 @@ def test_a_smaller_study_deletes_the_report_files_of_what_it_dropped_and_keeps_a
     assert "## Reports deleted by this rerun: gathered before the current results\n- `report.html`" in (
         study.workdir / "results/leftovers.md").read_text()
 
-    clean = Study(copy_workflow(tmp_path / "clean"))
-    shutil.copytree(study.workdir / "data", clean.workdir / "data")
+    clean = Study(copy_workflow(tmp_path / "clean"))  # no data: it generates what the smaller study needs
     clean.config, clean.targets = small, ("all",)
     clean.run()
+    assert not (clean.workdir / "data/demo/rsna").exists() and not (clean.workdir / "results/rsna").exists()
     current = run_folders(clean.workdir)
     assert len(current) == 1
-    # The benchmark file of the demo generator: the clean run copied the generated data instead of making it.
-    demo_benchmarks = {"benchmarks/demo_lidc.tsv"}
-    assert report_files(study.workdir) - demo_benchmarks == report_files(clean.workdir)
+    # Kept of the dropped dataset: its prepared data and the benchmark files of the jobs that made it.
+    kept = {path for path in report_files(study.workdir)
+            if path.startswith(("rsna/", "benchmarks/rsna/")) or path == "benchmarks/demo_rsna.tsv"}
+    assert "rsna/images.csv" in kept and report_files(study.workdir) - kept == report_files(clean.workdir)
     assert not (study.workdir / "results/figures/radar_lidc_test_resnet.png").exists()
+    assert not (study.workdir / "results/figures/downsampling_lidc_mlp_small.png").exists()
     # The options records of the current jobs are a clean run's; those of dropped jobs stay (read by nothing but
     # Snakemake's mtime check: a job put back with the same options finds its record unchanged and is not redone).
     kept_records, clean_records = option_records(study.workdir), option_records(clean.workdir)
     assert {path: kept_records[path] for path in clean_records} == clean_records
     assert "results/options/radar_plot/dataset=lidc/model=test_resnet.json" in kept_records
-    assert not (study.workdir / "results/figures/downsampling_lidc_mlp_small.png").exists()
 
-    # 2 models x 2 settings x 2 seeds and the S=2 curve's 2 runs, of which 1 is current.
-    assert run_folders(study.workdir) == before and len(before) == 10
+    # RSNA's 2 settings x 2 seeds, LIDC's 2 models x 2 settings x 2 seeds and the S=2 curve's 2; 1 is current.
+    assert run_folders(study.workdir) == before and len(before) == 14
     listed = (study.workdir / "results/leftovers.md").read_text()
     for folder in before:
         assert (f"- `{folder}`" in listed) == (folder not in current), folder
-    assert "- `figures/radar_lidc_test_resnet.png`" in listed
+    assert "- `figures/radar_lidc_test_resnet.png`" in listed and "- `tables/rsna.md`" in listed
+    assert "- `rsna`" in listed  # the prepared data
     assert (clean.workdir / "results/leftovers.md").read_text().count("- none") == 4
 
-
-def test_a_dataset_left_out_leaves_a_clean_runs_report_and_its_runs_come_back_into_use_unchanged(tmp_path):
-    """`datasets.rsna.models: []` leaves RSNA out (a --configfile extends config.yaml and cannot remove its key): its
-    report files go, its runs and prepared data stay, listed; a clean run of the LIDC-only study needs no RSNA data.
-    Put back, RSNA's runs are reused as they are and its report files are made again."""
-    study = Study(copy_workflow(tmp_path / "study"))
-    study.config, study.targets = deep_merge(STUDY, {"settings": ["fp32"]}), ("all",)
+    study.config = big
     study.run()
-    first, first_report = study.state(), report_files(study.workdir)
-    rsna_report = {"tables/rsna.md", "figures/radar_rsna_mlp_small.png", "stats/rsna_vs_fp32.csv"}
-    assert rsna_report <= first_report
-
-    lidc_only = deep_merge(study.config, {"datasets": {"rsna": {"models": []}}})
-    study.config = lidc_only
-    study.run()
-    assert study.state() == first  # no run retrained, no PNG rewritten
-    listed = (study.workdir / "results/leftovers.md").read_text()
-    assert "- `runs/rsna/mlp_small/fp32/s1/seed1`" in listed and "- `rsna`" in listed
-    assert "- `tables/rsna.md`" in listed and not (study.workdir / "results/tables/rsna.md").exists()
-
-    clean = Study(copy_workflow(tmp_path / "clean"))
-    clean.config, clean.targets = lidc_only, ("all",)
-    clean.run()
-    assert not (clean.workdir / "data/demo/rsna").exists() and not (clean.workdir / "results/rsna").exists()
-    # What the study kept of RSNA: its prepared data and the benchmark files of the jobs that made it.
-    kept = {path for path in report_files(study.workdir) if path.startswith(("rsna/", "benchmarks/rsna/"))}
-    assert kept and report_files(study.workdir) - kept - {"benchmarks/demo_rsna.tsv"} == report_files(clean.workdir)
-    assert {path for path in report_files(clean.workdir) if "rsna" in path} == set()
-
-    study.config = deep_merge(lidc_only, {"datasets": {"rsna": {"models": ["mlp_small"]}}})
-    study.run()
-    assert study.state() == first  # RSNA's run reused as it was
-    assert report_files(study.workdir) == first_report
+    assert run_folders(study.workdir) == before  # every run reused as it was: same bytes, same mtimes
+    assert report_files(study.workdir) == big_report
+    assert (study.workdir / "results/leftovers.md").read_text().count("- none") == 4
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
