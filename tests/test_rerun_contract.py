@@ -254,14 +254,32 @@ def option_records(workdir):
     return {str(path.relative_to(workdir)): path.read_text() for path in (workdir / "results/options").rglob("*.json")}
 
 
-def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_records(tmp_path):
+DEPLOYMENT = "results/deployment/cpu_inference.csv"
+
+
+@pytest.fixture(scope="module")
+def fp32_study(tmp_path_factory):
+    """The study with setting fp32 only, run once to its tables and CPU deployment: tests start from copies of it."""
+    study = Study(copy_workflow(tmp_path_factory.mktemp("fp32") / "study"))
+    study.config, study.targets = deep_merge(STUDY, {"settings": ["fp32"]}), (*TARGETS, DEPLOYMENT)
+    study.run()
+    return study
+
+
+def copy_of(finished, destination):
+    """A copy of a finished study's folder (results/ and .snakemake/ with it, mtimes kept): a moved project, which a
+    rerun finds up to date (the package-edit test's first rerun shows it)."""
+    study = Study(Path(shutil.copytree(finished.workdir, destination, symlinks=True)))
+    study.config = finished.config
+    return study
+
+
+def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_records(fp32_study, tmp_path):
     """Snakemake reruns a job on changed params only from its records in .snakemake/metadata, and never under
     --rerun-triggers mtime: results/ copied without .snakemake/ (or a deleted .snakemake/) and a narrowed trigger
     left runs trained under the old options standing as the current study (shown by a real rerun: "Nothing to be
     done"). Each job's options record (results/options) is an input, rewritten when its params change."""
-    study = Study(copy_workflow(tmp_path / "study"))
-    study.config = deep_merge(STUDY, {"settings": ["fp32"]})
-    study.run()
+    study = copy_of(fp32_study, tmp_path / "study")
     first = study.state()
     lidc, rsna = ("lidc", "fp32", 1), ("rsna", "fp32", 1)
     assert set(first["runs"]) == {lidc, rsna}
@@ -285,15 +303,18 @@ def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_reco
     assert study.state() == third
 
 
-def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(tmp_path, monkeypatch):
+def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(
+    fp32_study, tmp_path, monkeypatch
+):
     """Real edits of a copy of the package (first on PYTHONPATH, for Snakemake and its jobs), as after a `git pull`:
     Snakemake alone would see neither, as no rule's script changed."""
-    study = Study(copy_workflow(tmp_path / "study"))
+    study = copy_of(fp32_study, tmp_path / "study")
     package = study.workdir / "src/leanmed"
     shutil.copytree(REPO / "src/leanmed", package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("PYTHONPATH", str(package.parent))
-    study.config = deep_merge(STUDY, {"settings": ["fp32"]})
-    study.run()
+    unmoved = study.state()
+    study.run()  # the project moved, the package a copy of the same code: nothing reruns
+    assert study.state() == unmoved
     results = study.workdir / "results"
     lidc_runs = {run: files for run, files in run_files(study.workdir).items() if run[0] == "lidc"}
 
@@ -496,14 +517,14 @@ def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_pa
         process.stdout + process.stderr)
 
 
-def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_again_by_the_next_run(tmp_path):
+def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_again_by_the_next_run(
+    fp32_study, tmp_path
+):
     """The PNGs are files the conversion steps write without declaring them: one deleted by hand (or a folder deleted
     to free disk) left images.csv / labels.csv naming it, "Nothing to be done", and the next training job failing on
     it (shown by a real run). The plan now finds them and reruns the step that makes them."""
-    study = Study(copy_workflow(tmp_path / "study"))
-    study.config = deep_merge(STUDY, {"settings": ["fp32"]})
-    study.targets = (*TARGETS, "results/deployment/cpu_inference.csv")
-    study.run()
+    study = copy_of(fp32_study, tmp_path / "study")
+    study.targets = fp32_study.targets
     before = study.state()
     metrics_before = {run: metrics_of(study.workdir, run) for run in before["runs"]}
     rsna_folder = sorted((study.workdir / "results/rsna/png/images").iterdir())[0]
