@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,85 @@ def test_an_import_added_later_in_the_same_process_is_followed(package):
     assert "unrelated.py" not in fingerprint.code_files("step")
     (package / "sub/deep.py").write_text("import numpy\nfrom leanmed import unrelated\nCONSTANT = 2\n")
     assert "unrelated.py" in fingerprint.code_files("step")
+
+
+def test_comments_docstrings_and_layout_leave_a_fingerprint_as_it_was_and_any_code_edit_changes_it(package):
+    """A docstring or comment edit (a `git pull` of a typo fix) must not retrain a study: the fingerprint covers the
+    tokens that run, not the file's bytes."""
+    deep = package / "sub/deep.py"
+    deep.write_text(
+        '"""Deep."""\nimport numpy\n\n\ndef scale(x, y):\n    """Scaled."""\n    return numpy.multiply(x, y)\n'
+    )
+    before = fingerprint.code_version("step")
+    unchanged = (
+        # another docstring, comments, blank lines, spacing, indentation width, wrapping, a docstring removed
+        '"""Deep, reworded\nover two lines."""\n# a comment\nimport numpy\ndef scale(x,y):  # why\n'
+        '  return numpy.multiply(\n      x,\n      y)\n',
+        'import numpy\n\n\ndef scale(x, y):\n    "Scaled" " again";\n    return \\\n        numpy.multiply(x, y)\n',
+    )
+    for text in unchanged:
+        deep.write_text(text)
+        assert fingerprint.code_version("step") == before, text
+    changed = (
+        'import numpy\n\n\ndef scale(x, y):\n    return numpy.multiply(y, x)\n',  # arguments swapped
+        'import numpy\n\n\ndef scale(x, y):\n    return numpy.multiply(x, y)\nNOTE = "Scaled."\n',  # a string
+        'import numpy\n\n\ndef scale(x, y):\n    pass\nresult = numpy.multiply(1, 2)\n',  # a block ends earlier
+        'import numpy\n\n\ndef scale(x, y):\n    return numpy.multiply(x, y, out=f"{x!r:>{y}}")\n',  # an f-string
+    )
+    seen = {before}
+    for text in changed:
+        deep.write_text(text)
+        seen.add(fingerprint.code_version("step"))
+    assert len(seen) == 1 + len(changed)
+
+
+# Code whose tokens changed between Python versions: 3.12 splits f-strings into tokens of their own.
+F_STRINGS = (
+    'x, w = 1, 5\na = f"{x}"\nb = f"{{literal}} {x!r:>{w}} {\'nested\' + f\'{x}\'}"\n'
+    'c = f"""two\n{x\n + 1} lines {{ }}"""\nd = rf"\\d{x}"\ne = f"{x=}"\ng = "plain" "concatenated" f"{x}" \'q\'\n'
+    'h = f"\u00e9{x}\u00fc"\n'
+)
+
+
+def _supported_pythons() -> list[str]:
+    """Interpreters of the Python versions CI tests (pyenv's, else on PATH), the running one excluded."""
+    found = []
+    pyenv_root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("pyenv") else ""
+    for version in ("3.11", "3.12", "3.13"):
+        if sys.version_info[:2] == tuple(int(part) for part in version.split(".")):
+            continue
+        candidates = sorted(Path(pyenv_root).glob(f"versions/{version}*/bin/python{version}")) if pyenv_root else []
+        candidate = str(candidates[-1]) if candidates else shutil.which(f"python{version}")
+        if candidate:
+            found.append(candidate)
+    return found
+
+
+def test_code_text_is_the_same_on_every_python_the_project_supports(tmp_path):
+    """Snakemake computes the fingerprints with the Python it runs on: a study planned on 3.11 and rerun on 3.13 must
+    find the same fingerprints, else every step would rerun. Checked on every file of the package and the scripts."""
+    pythons = _supported_pythons()
+    if not pythons:
+        pytest.skip("no other Python among 3.11, 3.12, 3.13 on this machine")
+    (tmp_path / "f_strings.py").write_text(F_STRINGS, encoding="utf-8")
+    files = sorted(map(str, [*(REPO / "src/leanmed").rglob("*.py"), *(REPO / "workflow/scripts").glob("*.py"),
+                              tmp_path / "f_strings.py"]))
+    script = (
+        "import hashlib, json, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'src')!r})\n"
+        "from leanmed.fingerprint import code_text\n"
+        f"files = {files!r}\n"
+        "print(json.dumps({f: hashlib.sha256(code_text(open(f, encoding='utf-8').read()).encode()).hexdigest()"
+        " for f in files}))\n"
+    )
+    here = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                                     text=True).stdout)
+    assert len(here) == len(files) > 50
+    for python in pythons:
+        there = json.loads(subprocess.run([python, "-I", "-c", script], check=True, capture_output=True,
+                                          text=True).stdout)
+        assert {f for f in files if there[f] != here[f]} == set(), python
 
 
 def test_imports_are_found_in_every_kind_of_nested_statement(package):

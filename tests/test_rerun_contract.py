@@ -328,12 +328,21 @@ def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depend
         assert "full resolution; edited" in (results / f"tables/{dataset}.md").read_text(), dataset
     assert study.state() == before and file_state(results / "summary.csv") == summary
 
+    # Comments and docstrings of the manifest merge and of the training loop, edited (a typo fix): nothing reruns.
+    before = study.state()
+    convert, loop = package / "data/convert.py", package / "train/loop.py"
+    for module in (convert, loop):
+        text = module.read_text()
+        assert text.count('"""') >= 2 and "# " in text
+        module.write_text(text.replace('"""', '"""Reworded. ', 1).replace("# ", "# reworded: ", 1) + "# a comment\n")
+    study.run()
+    assert study.state() == before
+
     # The manifest merge (the code of rules rsna_images and dicom_to_png), edited without changing what it writes:
     # both rerun, the PNGs stay as they are (their preprocessing is unchanged), images.csv comes out the same, and the
     # RSNA runs, whose input was made again, resume from their finished checkpoints to the same predictions.
     before, images = study.state(), file_state(results / "rsna/images.csv")
-    convert = package / "data/convert.py"
-    convert.write_text(convert.read_text() + "\n# edited\n")
+    convert.write_text(convert.read_text() + "\nEDITED = True\n")
     study.run()
     after = study.state()
     assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]

@@ -3,7 +3,8 @@
 The workflow passes code fingerprints to its jobs as params (Snakemake's code trigger sees only a rule's script,
 not the package it imports), and outputs record them: a converted PNG carries the fingerprint of its preprocessing,
 a training checkpoint the fingerprint of its options, code and input files. A mismatch redoes the work instead of
-reusing a result made another way. See docs/architecture.md, "The contract".
+reusing a result made another way. A code fingerprint covers what runs (`code_text`: the tokens), not comments,
+docstrings or layout: a typo fixed in a docstring reruns nothing. See docs/architecture.md, "The contract".
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import io
 import json
 import os
+import tokenize
 from pathlib import Path
 from typing import Iterable
 
@@ -137,24 +140,90 @@ _HEX_DIGITS = 16
 
 
 def code_version(group: str) -> str:
-    """sha256 (first 16 hex digits) of the names and bytes of the package files of one step (`code_files`)."""
-    return files_version(PACKAGE_DIR / name for name in code_files(group))
+    """sha256 (first 16 hex digits) of the names and code (`code_text`) of the package files of one step
+    (`code_files`)."""
+    return _code_files_version(PACKAGE_DIR / name for name in code_files(group))
 
 
 def script_code_version(script: str | os.PathLike) -> str:
-    """sha256 (first 16 hex digits) of the names and bytes of the package files a workflow script runs
+    """sha256 (first 16 hex digits) of the names and code (`code_text`) of the package files a workflow script runs
     (`script_code_files`); the script itself is not included (Snakemake reruns a rule whose script changed)."""
-    return files_version(PACKAGE_DIR / name for name in script_code_files(script))
+    return _code_files_version(PACKAGE_DIR / name for name in script_code_files(script))
 
 
-def files_version(paths: Iterable[str | os.PathLike]) -> str:
-    """sha256 (first 16 hex digits) over the names and bytes of `paths`, in the order given."""
+def _code_files_version(paths: Iterable[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
-        path = Path(path)
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(path.name.encode() + b"\0")
+        digest.update(_code_text_digest(path.read_text(encoding="utf-8")))
     return digest.hexdigest()[:_HEX_DIGITS]
+
+
+@functools.lru_cache(maxsize=None)
+def _code_text_digest(source: str) -> bytes:
+    # Keyed on the text itself, not on mtime and size: a same-size edit within one mtime tick is still seen.
+    return hashlib.sha256(code_text(source).encode()).digest()
+
+
+_DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_LAYOUT_TOKENS = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER})
+_BLOCK_MARKERS = {tokenize.NEWLINE: "NEWLINE", tokenize.INDENT: "INDENT", tokenize.DEDENT: "DEDENT"}
+# Python 3.12 splits an f-string into tokens of its own; earlier versions give one STRING token.
+_FSTRING_START, _FSTRING_END = getattr(tokenize, "FSTRING_START", None), getattr(tokenize, "FSTRING_END", None)
+
+
+def _docstring_starts(tree: ast.Module, lines: list[str]) -> set[tuple[int, int]]:
+    """(row, character column) where each docstring (of the module, a class or a function) begins."""
+    starts = set()
+    for node in _statements(tree):
+        body = getattr(node, "body", None) if isinstance(node, _DOCSTRING_OWNERS) else None
+        first = body[0] if body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            # ast counts columns in UTF-8 bytes, tokenize in characters.
+            line = lines[first.lineno - 1]
+            starts.add((first.lineno, len(line.encode()[: first.col_offset].decode())))
+    return starts
+
+
+def code_text(source: str) -> str:
+    """What a fingerprint of Python code covers: its tokens (names, operators, literals, and the statement and
+    block boundaries), without comments, docstrings, blank lines or layout (spacing, indentation width, line
+    breaks inside brackets, continuation lines). An edit of a comment or docstring, or a reformatting, leaves a
+    step's fingerprint as it was and reruns nothing; any edit of what runs changes it. The text is the same on
+    Python 3.11, 3.12 and 3.13 (f-strings are taken whole from the source, as 3.11 tokenizes them; a test checks
+    every file of the package on each of them), so the Python that runs Snakemake does not change a fingerprint."""
+    lines = source.splitlines(keepends=True)
+    docstrings = _docstring_starts(ast.parse(source), lines)
+    tokens: list[str] = []
+    fstring_depth, fstring_start, in_docstring = 0, (0, 0), ""
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == _FSTRING_START:
+            fstring_depth += 1
+            fstring_start = token.start if fstring_depth == 1 else fstring_start
+        elif token.type == _FSTRING_END:
+            fstring_depth -= 1
+            if fstring_depth == 0:
+                tokens.append(_source_between(lines, fstring_start, token.end))
+        elif fstring_depth or token.type in _LAYOUT_TOKENS:
+            continue
+        elif token.type == tokenize.STRING and (in_docstring == "string" or token.start in docstrings):
+            in_docstring = "string"  # then its other pieces ("a" "b"), a ";" and the line's end: no trace is left
+        elif in_docstring == "string" and token.string == ";":
+            in_docstring = "separator"
+        elif in_docstring and token.type == tokenize.NEWLINE:
+            in_docstring = ""
+        else:
+            in_docstring = ""
+            tokens.append(_BLOCK_MARKERS.get(token.type, token.string))
+    return "\0".join(tokens)
+
+
+def _source_between(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
+    (first_row, first_column), (last_row, last_column) = start, end
+    if first_row == last_row:
+        return lines[first_row - 1][first_column:last_column]
+    middle = "".join(lines[first_row : last_row - 1])
+    return lines[first_row - 1][first_column:] + middle + lines[last_row - 1][:last_column]
 
 
 def value_version(value: object) -> str:
