@@ -1,5 +1,7 @@
 """Model registry: paper parameter counts (meta device), tiny models' shapes, pretrained handling offline."""
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -24,6 +26,22 @@ def test_registry_has_the_paper_models_and_small_ones():
         "densenet121", "efficientnetv2_rw_m", "swinv2_base_window8_256", "vit_base_patch32_plus_256", "mlp"
     }
     assert {"test_resnet", "test_vit", "test_efficientnet", "test_byobnet", "mlp_small"} <= set(MODELS)
+
+
+def test_a_job_of_the_mlp_does_not_import_timm():
+    """timm imports torchvision (about 0.6-2.6 s of every job's start on 2 CPU cores): only timm models load it."""
+    script = (
+        "import sys, torch\n"
+        "import leanmed.train.job\n"
+        "from leanmed.train.models import build_model\n"
+        "model = build_model('mlp_small', 32)\n"
+        "torch.optim.Adam(model.parameters())\n"
+        "print(sorted({'timm', 'torchvision'} & set(sys.modules)))\n"
+        "build_model('test_resnet', 32)\n"
+        "print(sorted({'timm', 'torchvision'} & set(sys.modules)))\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert printed.splitlines() == ["[]", "['timm', 'torchvision']"]
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-import timm
 import torch
 from torch import nn
 
@@ -42,6 +41,14 @@ logger = logging.getLogger(__name__)
 
 HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _timm():
+    """timm, imported on first use: it pulls in torchvision and, through it, torch._dynamo and sympy (2.6 s of a
+    job's start on 2 CPU cores, 2026-11-29), which a job of the MLP never uses."""
+    import timm
+
+    return timm
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -123,7 +130,7 @@ def _local_weights_help(name: str) -> str:
 def has_pretrained_weights(name: str) -> bool:
     """True when timm knows pretrained weights for the model (any tag); always False for an MLP."""
     spec = get_model_spec(name)
-    return spec.kind == "timm" and bool(timm.list_pretrained(f"{spec.timm_name}.*"))
+    return spec.kind == "timm" and bool(_timm().list_pretrained(f"{spec.timm_name}.*"))
 
 
 def build_model(name: str, image_size: int, pretrained: bool | str | Path = False, **overrides) -> nn.Module:
@@ -157,13 +164,13 @@ def build_model(name: str, image_size: int, pretrained: bool | str | Path = Fals
     kwargs = _timm_kwargs(spec, image_size, overrides)
     kwargs.update(in_chans=1, num_classes=1)
     if pretrained in (False, None):
-        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        return _timm().create_model(spec.timm_name, pretrained=False, **kwargs)
     if pretrained is True:
         return _build_with_default_weights(spec, kwargs)
     weights_path = Path(pretrained).expanduser()
     if not weights_path.is_file():
         raise FileNotFoundError(f"pretrained weights file {str(weights_path)!r} for {name!r} does not exist")
-    return timm.create_model(
+    return _timm().create_model(
         spec.timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights_path)), **kwargs
     )
 
@@ -171,11 +178,11 @@ def build_model(name: str, image_size: int, pretrained: bool | str | Path = Fals
 def _build_with_default_weights(spec: ModelSpec, kwargs: dict) -> nn.Module:
     started = time.monotonic()
     if _hub_reachable():
-        return timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+        return _timm().create_model(spec.timm_name, pretrained=True, **kwargs)
     # Hub unreachable: only the local cache can help; timm's own retries would take about 46 s to fail.
     try:
         with _hub_offline():
-            return timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+            return _timm().create_model(spec.timm_name, pretrained=True, **kwargs)
     except Exception as error:
         raise PretrainedWeightsUnavailable(
             f"pretrained weights for {spec.alias!r} (timm {spec.timm_name!r}) are not in the local cache and "
