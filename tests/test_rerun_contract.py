@@ -10,7 +10,7 @@ configuration gives the same results, file by file (runs are deterministic on CP
 training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
 a copy of the package (the table code, the manifest merge) and reruns: exactly the rules importing it rerun. Others
 take a dataset, model, setting, seed and curve out of the config: the report equals a clean run's, and put back, every
-run is reused as it was.
+run is reused as it was. The same configuration written in another key order reruns nothing.
 """
 
 import hashlib
@@ -301,6 +301,33 @@ def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_reco
     third = study.state()
     study.run("--rerun-triggers", "mtime")
     assert study.state() == third
+
+
+def reversed_keys(value):
+    """The same configuration with every mapping's keys in reverse order."""
+    if isinstance(value, dict):
+        return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+    return [reversed_keys(item) for item in value] if isinstance(value, list) else value
+
+
+def every_file(workdir):
+    return {str(path.relative_to(workdir)): file_state(path)
+            for folder in ("results", "data") for path in sorted((workdir / folder).rglob("*")) if path.is_file()}
+
+
+def test_the_same_configuration_written_in_another_key_order_reruns_nothing(fp32_study, tmp_path):
+    """Snakemake compares params by their repr, where a dict's key order shows: a --configfile with its keys in
+    another order, or repeating a default of config.yaml (which moves that key ahead in the merged config), reran
+    every job and, in demo mode, generated the data again (real rerun, before leanmed.study.canonical_config)."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    before = every_file(study.workdir)
+    defaults = yaml.safe_load((study.workdir / "config.yaml").read_text())
+    repeated = {"report": {"non_inferiority_margin": defaults["report"]["non_inferiority_margin"]},
+                "dicom": {"png_bits": defaults["dicom"]["png_bits"]}}
+    study.config = reversed_keys(deep_merge(study.config, repeated))
+    assert list(study.config) == list(reversed(list(fp32_study.config)))
+    study.run()
+    assert every_file(study.workdir) == before
 
 
 def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(

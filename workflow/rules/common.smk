@@ -5,7 +5,7 @@ from pathlib import Path
 
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
-from leanmed.study import studied_datasets
+from leanmed.study import canonical_config, studied_datasets
 from leanmed.study import training_runs as study_training_runs
 from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_last_checkpoint
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
@@ -19,6 +19,12 @@ from leanmed.train.weights import set_aside as set_weights_aside
 from leanmed.train.weights import weights_file as cached_weights_file
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+
+# One key order for the whole config, set before the rule files take params from it. Snakemake sees a param's dict
+# in another key order as a changed param; leanmed.study.canonical_config says when that happened.
+_canonical_config = canonical_config(config)
+config.clear()
+config.update(_canonical_config)
 
 RESULTS = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")

@@ -8,23 +8,40 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["studied_datasets", "training_runs"]
+__all__ = ["DATASETS", "canonical_config", "studied_datasets", "training_runs"]
+
+#: The datasets a study can have (the config schema's), in the order results list them: the paper's Table 1, Table 2.
+DATASETS = ("rsna", "lidc")
+
+
+def canonical_config(config: Mapping) -> dict:
+    """``config`` with the keys of every mapping sorted, at any depth (lists keep their order).
+
+    Snakemake compares a job's params with its records by their repr, in which a dict's key order shows: the same
+    configuration in another key order (a --configfile reformatted or reordered, a default of config.yaml repeated
+    there, which moves the key ahead in the merged config) reran every job taking a part of it as a param, and in demo
+    mode generated the data again (found by a real rerun). The workflow takes its params from this order only."""
+    if isinstance(config, Mapping):
+        return {key: canonical_config(config[key]) for key in sorted(config)}
+    if isinstance(config, list):
+        return [canonical_config(item) for item in config]
+    return config
 
 
 def studied_datasets(config: Mapping) -> list[str]:
-    """The datasets of the study, in config order: those with at least one model. An empty ``models`` list leaves a
-    dataset out (a file given with ``--configfile`` extends config.yaml and cannot remove its key): nothing of it is
-    prepared, trained or reported."""
-    return [dataset for dataset, entry in config["datasets"].items() if entry["models"]]
+    """The datasets of the study, in the order of ``DATASETS`` (not the config's): those with at least one model. An
+    empty ``models`` list leaves a dataset out (a file given with ``--configfile`` extends config.yaml and cannot
+    remove its key): nothing of it is prepared, trained or reported."""
+    return [dataset for dataset in DATASETS if config["datasets"].get(dataset, {}).get("models")]
 
 
 def training_runs(config: Mapping) -> list[dict]:
     """Every training run of the study as dicts (dataset, model, setting, scale, seed), main study first:
     each dataset x model x setting x seed at scale 1, then the downsampling runs (dataset, model, setting, scale,
-    seed) not already in the main study."""
+    seed) not already in the main study. Datasets in the order of ``DATASETS``."""
     runs = []
-    for dataset, entry in config["datasets"].items():
-        for model in entry["models"]:
+    for dataset in studied_datasets(config):
+        for model in config["datasets"][dataset]["models"]:
             for setting in config["settings"]:
                 for seed in config["seeds"]:
                     runs.append(dict(dataset=dataset, model=model, setting=setting, scale=1, seed=seed))
