@@ -283,6 +283,25 @@ def test_merge_manifests_writes_images_and_excluded(study, tmp_path):
     assert set(images["image_id"]).isdisjoint(excluded["image_id"])
 
 
+def test_images_csv_is_the_same_whatever_the_number_of_shards_and_their_order(study, tmp_path):
+    """The split and the training batches follow images.csv's rows: `dicom.shards`, a parallelism knob, must not
+    change them (before the merge sorted its rows, going from 3 to 2 shards retrained the runs to other figures)."""
+    written = set()
+    for n_shards in (1, 2, 3):
+        for order in (1, -1):
+            folder = tmp_path / f"{n_shards}{order}"
+            folder.mkdir()
+            paths = []
+            for shard, manifest in enumerate(run_all_shards(study, n_shards=n_shards)):
+                paths.append(folder / f"manifest_{shard}.csv")
+                manifest.to_csv(paths[-1], index=False)
+            convert.merge_manifests(paths[::order], folder / "images.csv", folder / "excluded.csv", 0.25)
+            written.add((folder / "images.csv").read_bytes() + (folder / "excluded.csv").read_bytes())
+    assert len(written) == 1
+    images = pd.read_csv(tmp_path / "11" / "images.csv", dtype=str)
+    assert list(zip(images["subject_id"], images["image_id"])) == sorted(zip(images["subject_id"], images["image_id"]))
+
+
 def test_merge_manifests_fails_over_the_threshold_after_writing(study, tmp_path):
     paths = write_manifests(study, tmp_path)
     images_csv, excluded_csv = tmp_path / "rsna" / "images.csv", tmp_path / "rsna" / "excluded.csv"

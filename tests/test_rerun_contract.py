@@ -330,6 +330,30 @@ def test_the_same_configuration_written_in_another_key_order_reruns_nothing(fp32
     assert every_file(study.workdir) == before
 
 
+def test_a_parallelism_knob_changes_no_result(fp32_study, tmp_path):
+    """`dicom.shards` only splits the conversion into more or fewer jobs. Going from 2 to 3 shards reruns the
+    conversion jobs and the merge, but every PNG, images.csv and split.csv keep their bytes; the RSNA runs, whose
+    inputs were made again, resume from their finished checkpoints to the same predictions. Before the merge sorted
+    its rows, the same change reordered images.csv and retrained the RSNA runs to other test figures (real rerun)."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    results = study.workdir / "results"
+    before = study.state()
+    kept = {name: file_state(results / name) for name in ("rsna/images.csv", "rsna/split.csv")}
+    assert study.config["dicom"]["shards"] == 2
+    study.config = deep_merge(study.config, {"dicom": {"shards": 3}})
+    study.run()
+    after = study.state()
+    assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]
+    assert (study.workdir / "logs/rsna/dicom_to_png_2.log").exists()  # the third shard ran
+    for name, (content, mtime) in kept.items():
+        assert file_state(results / name)[0] == content, name
+    run = ("rsna", "fp32", 1)
+    assert metrics_of(study.workdir, run)["training"]["resumed"] is True
+    for name in ("predictions.csv", "best.pt"):
+        assert after["runs"][run][name][0] == before["runs"][run][name][0], name
+    assert after["runs"][("lidc", "fp32", 1)] == before["runs"][("lidc", "fp32", 1)]
+
+
 def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(
     fp32_study, tmp_path, monkeypatch
 ):

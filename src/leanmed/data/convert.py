@@ -273,7 +273,8 @@ def merge_manifests(
     max_excluded_fraction: float = 0.01,
     kept_excluded_csv: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Join shard manifests into images.csv (status ok) and excluded.csv (status excluded, with reasons).
+    """Join shard manifests into images.csv (status ok) and excluded.csv (status excluded, with reasons), rows
+    ordered by subject_id, then image_id (as text), whatever the number of shards.
 
     Both files are written first, and the exclusion list also to `kept_excluded_csv` when given (a copy that
     survives the failure: Snakemake deletes a failed job's outputs, not its logs); then, when the excluded share of
@@ -283,6 +284,10 @@ def merge_manifests(
     paths = [Path(p) for p in manifest_paths]
     frames = [read_manifest(path) for path in paths]
     merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    # One row order whatever the shards and train.csv's row order: the split and the training batches follow it,
+    # and `dicom.shards` (a parallelism knob) changed the results (a real rerun from 3 to 2 shards retrained the runs
+    # to other test figures).
+    merged = merged.sort_values(["subject_id", "image_id"], kind="stable", ignore_index=True)
     repeated = merged["image_id"][merged["image_id"].duplicated()].unique().tolist()
     if repeated:
         raise ValueError(f"image_id(s) in more than one manifest row: {repeated[:_MAX_LISTED]}")
