@@ -330,28 +330,30 @@ def test_the_same_configuration_written_in_another_key_order_reruns_nothing(fp32
     assert every_file(study.workdir) == before
 
 
-def test_a_parallelism_knob_changes_no_result(fp32_study, tmp_path):
-    """`dicom.shards` only splits the conversion into more or fewer jobs. Going from 2 to 3 shards reruns the
-    conversion jobs and the merge, but every PNG, images.csv and split.csv keep their bytes; the RSNA runs, whose
-    inputs were made again, resume from their finished checkpoints to the same predictions. Before the merge sorted
-    its rows, the same change reordered images.csv and retrained the RSNA runs to other test figures (real rerun)."""
+def test_options_that_do_not_change_the_training_retrain_nothing(fp32_study, tmp_path):
+    """`dicom.shards` only splits the conversion into more or fewer jobs; `training.inference_repeats` only decides
+    how often the finished model is timed. Going from 2 to 3 shards and from 1 to 2 repeats reruns the conversion
+    jobs, the merge and the training jobs, but every PNG, images.csv and split.csv keep their bytes and every run
+    resumes from its finished checkpoint to the same predictions, timed twice. Before, the merge's rows followed the
+    shards (3 shards instead of 2 retrained the RSNA runs to other test figures, real rerun) and inference_repeats
+    was part of the hash a checkpoint must match (every run trained again)."""
     study = copy_of(fp32_study, tmp_path / "study")
     results = study.workdir / "results"
     before = study.state()
     kept = {name: file_state(results / name) for name in ("rsna/images.csv", "rsna/split.csv")}
-    assert study.config["dicom"]["shards"] == 2
-    study.config = deep_merge(study.config, {"dicom": {"shards": 3}})
+    assert study.config["dicom"]["shards"] == 2 and study.config["training"]["inference_repeats"] == 1
+    study.config = deep_merge(study.config, {"dicom": {"shards": 3}, "training": {"inference_repeats": 2}})
     study.run()
     after = study.state()
     assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]
     assert (study.workdir / "logs/rsna/dicom_to_png_2.log").exists()  # the third shard ran
-    for name, (content, mtime) in kept.items():
+    for name, (content, _) in kept.items():
         assert file_state(results / name)[0] == content, name
-    run = ("rsna", "fp32", 1)
-    assert metrics_of(study.workdir, run)["training"]["resumed"] is True
-    for name in ("predictions.csv", "best.pt"):
-        assert after["runs"][run][name][0] == before["runs"][run][name][0], name
-    assert after["runs"][("lidc", "fp32", 1)] == before["runs"][("lidc", "fp32", 1)]
+    for run in (("rsna", "fp32", 1), ("lidc", "fp32", 1)):
+        metrics = metrics_of(study.workdir, run)
+        assert metrics["training"]["resumed"] is True and metrics["inference"]["repeats"] == 2, run
+        for name in ("predictions.csv", "best.pt"):
+            assert after["runs"][run][name][0] == before["runs"][run][name][0], (run, name)
 
 
 def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(

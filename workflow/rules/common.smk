@@ -467,8 +467,14 @@ def train_params(wildcards):
         tuned_step=training["tuned_step"],
         compile=training["compile"],
     )
-    params["config_hash"] = value_version([params, rerun_triggers(wildcards)])
+    trained_by = {name: value for name, value in params.items() if name not in MEASUREMENT_ONLY_OPTIONS}
+    params["config_hash"] = value_version([trained_by, rerun_triggers(wildcards)])
     return params
+
+
+# Options that decide only how a finished model is measured, not how it is trained: kept out of config_hash, so that
+# a change reruns the job (they are params), which resumes from its finished checkpoint and measures again.
+MEASUREMENT_ONLY_OPTIONS = ("inference_repeats",)
 
 
 def training_threads():
