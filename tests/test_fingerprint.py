@@ -16,6 +16,12 @@ from leanmed import fingerprint
 REPO = Path(__file__).resolve().parents[1]
 
 
+def printed_json(python: str, script: str, *options: str):
+    """What ``script`` prints as JSON, run by ``python`` in a fresh process."""
+    return json.loads(subprocess.run([python, *options, "-c", script], check=True, capture_output=True,
+                                     text=True).stdout)
+
+
 @pytest.fixture
 def package(tmp_path, monkeypatch):
     """A small leanmed-like package tree: step.py imports helper (inside a function) and atomic; helper imports
@@ -132,12 +138,10 @@ def test_code_text_is_the_same_on_every_python_the_project_supports(tmp_path):
         "print(json.dumps({f: hashlib.sha256(code_text(open(f, encoding='utf-8').read()).encode()).hexdigest()"
         " for f in files}))\n"
     )
-    here = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                                     text=True).stdout)
+    here = printed_json(sys.executable, script)
     assert len(here) == len(files) > 50
     for python in pythons:
-        there = json.loads(subprocess.run([python, "-I", "-c", script], check=True, capture_output=True,
-                                          text=True).stdout)
+        there = printed_json(python, script, "-I")
         assert {f for f in files if there[f] != here[f]} == set(), python
 
 
@@ -182,8 +186,7 @@ def test_every_module_a_step_loads_at_run_time_is_in_its_code(group):
         "print(json.dumps([m.__file__ for n, m in sys.modules.items()"
         " if n.startswith('leanmed') and getattr(m, '__file__', None)]))\n"
     )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                                       text=True).stdout)
+    loaded = printed_json(sys.executable, script)
     package_dir = str(fingerprint.PACKAGE_DIR) + "/"
     relative = {path.removeprefix(package_dir) for path in loaded}
     allowed = set(fingerprint.code_files(group)) | fingerprint.CONTENT_NEUTRAL_MODULES
