@@ -85,7 +85,10 @@ def test_downsampling_modes_shapes_and_means(tmp_path, scale):
 def test_downsampling_loses_information_only_when_scale_above_one():
     image = torch.rand(1, 8, 8)
     assert torch.equal(downsample(image, 1, "pooled_upsampled"), image)
+    assert torch.equal(downsample(image, 1, "none"), image)  # the mode a run at S = 1 records
     assert not torch.allclose(downsample(image, 2, "pooled_upsampled"), image)
+    with pytest.raises(ValueError, match="at scale 2, got 'none'"):
+        downsample(image, 2, "none")
 
 
 def test_input_size_and_invalid_options():

@@ -10,7 +10,8 @@ configuration gives the same results, file by file (runs are deterministic on CP
 training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
 a copy of the package (the table code, the manifest merge) and reruns: exactly the rules importing it rerun. Others
 take a dataset, model, setting, seed and curve out of the config: the report equals a clean run's, and put back, every
-run is reused as it was. The same configuration written in another key order reruns nothing.
+run is reused as it was. The same configuration in another key order, or another downsampling mode in a
+study without downsampling, reruns nothing.
 """
 
 import hashlib
@@ -315,19 +316,24 @@ def every_file(workdir):
             for folder in ("results", "data") for path in sorted((workdir / folder).rglob("*")) if path.is_file()}
 
 
-def test_the_same_configuration_written_in_another_key_order_reruns_nothing(fp32_study, tmp_path):
+def test_a_configuration_that_changes_nothing_for_the_studys_jobs_reruns_nothing(fp32_study, tmp_path):
     """Snakemake compares params by their repr, where a dict's key order shows: a --configfile with its keys in
     another order, or repeating a default of config.yaml (which moves that key ahead in the merged config), reran
-    every job and, in demo mode, generated the data again (real rerun, before leanmed.study.canonical_config)."""
+    every job and, in demo mode, generated the data again (real rerun, before leanmed.study.canonical_config). And
+    `downsampling.mode` retrained every run at S = 1, whose images both modes use as they are (real rerun, before
+    leanmed.study.downsample_mode_at). All of it at once, on a study of S = 1 runs: no file changes."""
     study = copy_of(fp32_study, tmp_path / "study")
     before = every_file(study.workdir)
     defaults = yaml.safe_load((study.workdir / "config.yaml").read_text())
     repeated = {"report": {"non_inferiority_margin": defaults["report"]["non_inferiority_margin"]},
                 "dicom": {"png_bits": defaults["dicom"]["png_bits"]}}
-    study.config = reversed_keys(deep_merge(study.config, repeated))
-    assert list(study.config) == list(reversed(list(fp32_study.config)))
+    assert defaults["downsampling"]["mode"] == "smaller_input"
+    changed = deep_merge(study.config, {**repeated, "downsampling": {"mode": "pooled_upsampled"}})
+    study.config = reversed_keys(changed)
+    assert list(study.config) == list(reversed(list(changed)))
     study.run()
     assert every_file(study.workdir) == before
+    assert metrics_of(study.workdir, ("lidc", "fp32", 1))["run"]["downsample_mode"] == "none"
 
 
 def test_options_that_do_not_change_the_training_retrain_nothing(fp32_study, tmp_path):

@@ -1,6 +1,14 @@
-"""What a study is, read from its configuration alone (leanmed.study): the same whatever the configuration's key order."""
+"""What a study is, read from its configuration alone (leanmed.study): the same whatever the configuration's key
+order."""
 
-from leanmed.study import DATASETS, canonical_config, studied_datasets, training_runs
+from leanmed.study import (
+    DATASETS,
+    NOT_DOWNSAMPLED,
+    canonical_config,
+    downsample_mode_at,
+    studied_datasets,
+    training_runs,
+)
 
 CONFIG = {
     "settings": ["fp32", "amp"],
@@ -36,3 +44,9 @@ def test_datasets_and_runs_come_in_the_papers_order_whatever_the_configs_order()
     left_out = {**CONFIG, "datasets": {**CONFIG["datasets"], "rsna": {"models": []}}, "downsampling": {"runs": []}}
     assert studied_datasets(left_out) == ["lidc"]
     assert {run["dataset"] for run in training_runs(left_out)} == {"lidc"}
+
+
+def test_a_run_at_full_resolution_has_no_downsampling_mode_whatever_the_config_says():
+    for mode in ("smaller_input", "pooled_upsampled"):
+        assert downsample_mode_at(1, mode) == NOT_DOWNSAMPLED == "none"
+        assert [downsample_mode_at(scale, mode) for scale in (2, 4, 8)] == [mode] * 3

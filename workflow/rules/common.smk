@@ -5,7 +5,7 @@ from pathlib import Path
 
 from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
-from leanmed.study import canonical_config, studied_datasets
+from leanmed.study import canonical_config, downsample_mode_at, studied_datasets
 from leanmed.study import training_runs as study_training_runs
 from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_last_checkpoint
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
@@ -453,7 +453,7 @@ def train_params(wildcards):
         setting=wildcards.setting,
         seed=int(wildcards.seed),
         scale=int(wildcards.scale),
-        downsample_mode=config["downsampling"]["mode"],
+        downsample_mode=downsample_mode_at(int(wildcards.scale), config["downsampling"]["mode"]),
         image_size=config["image_size"],
         lr=training["lr"],
         batch_size=training["batch_size"],

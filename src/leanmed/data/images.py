@@ -30,10 +30,12 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from leanmed.fingerprint import file_sha256
+from leanmed.study import NOT_DOWNSAMPLED
 
 __all__ = [
     "SCALES",
     "DOWNSAMPLE_MODES",
+    "NOT_DOWNSAMPLED",
     "ImageDataset",
     "read_split_rows",
     "read_grey_png",
@@ -174,8 +176,11 @@ def downsample(images: torch.Tensor, scale: int, downsample_mode: str) -> torch.
 def _check_scale_and_mode(scale: int, downsample_mode: str) -> None:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if downsample_mode == NOT_DOWNSAMPLED and scale == 1:
+        return
     if downsample_mode not in DOWNSAMPLE_MODES:
-        raise ValueError(f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {downsample_mode!r}")
+        allowed = DOWNSAMPLE_MODES + ((NOT_DOWNSAMPLED,) if scale == 1 else ())
+        raise ValueError(f"downsample_mode must be one of {allowed} at scale {scale}, got {downsample_mode!r}")
 
 
 class ImageDataset(Dataset):

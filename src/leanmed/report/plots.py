@@ -302,8 +302,10 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
     curves = {setting: (rows["scale"].astype(int).to_numpy(), rows["accuracy_mean"].astype(float).to_numpy())
               for setting, rows in rows_of.items()}
     coinciding = coinciding_settings(curves)
-    # How S was applied (pooled then upsampled, or a smaller input) is recorded per run as run.downsample_mode.
+    # How S was applied (pooled then upsampled, or a smaller input) is recorded per run as run.downsample_mode; the
+    # runs at S = 1 record "none" (their images are used as they are).
     runs = summary[(summary["dataset"].astype(str) == str(dataset)) & (summary["model"] == model)]
+    runs = runs[runs["scale"].astype(int) > 1]
     modes = runs["run_downsample_mode"].dropna().astype(str).unique() if "run_downsample_mode" in runs else []
     downsample_modes = ", ".join(sorted(modes)) if len(modes) else "not recorded"
     scales = sorted({int(s) for s in groups["scale"]})

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["DATASETS", "canonical_config", "studied_datasets", "training_runs"]
+__all__ = ["DATASETS", "NOT_DOWNSAMPLED", "canonical_config", "downsample_mode_at", "studied_datasets", "training_runs"]
 
 #: The datasets a study can have (the config schema's), in the order results list them: the paper's Table 1, Table 2.
 DATASETS = ("rsna", "lidc")
+#: The downsampling mode of a run at S = 1, whatever ``downsampling.mode`` says: both modes use its images as
+#: they are.
+NOT_DOWNSAMPLED = "none"
 
 
 def canonical_config(config: Mapping) -> dict:
@@ -26,6 +29,13 @@ def canonical_config(config: Mapping) -> dict:
     if isinstance(config, list):
         return [canonical_config(item) for item in config]
     return config
+
+
+def downsample_mode_at(scale: int, configured_mode: str) -> str:
+    """The downsampling mode a run at ``scale`` is trained and recorded with: ``configured_mode`` (the config's
+    ``downsampling.mode``) when S > 1, NOT_DOWNSAMPLED at S = 1. So another ``downsampling.mode`` retrains only the
+    downsampled runs; it retrained every run at S = 1 from scratch before (a real rerun), for the same images."""
+    return configured_mode if int(scale) > 1 else NOT_DOWNSAMPLED
 
 
 def studied_datasets(config: Mapping) -> list[str]:
