@@ -1,6 +1,7 @@
 """ImageDataset: decoding, resizing, the two downsampling modes, preloading, seeded loaders."""
 
 import csv
+import hashlib
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ from leanmed.data.images import (
     downsample,
     input_size_for,
     make_loader,
+    png_image_sha256,
     read_grey_png,
     reseed_shuffle,
 )
+from leanmed.data.png import write_png
 
 
 def write_split(root, n=6, size=32, bit16=False, seed=0):
@@ -80,6 +83,18 @@ def test_downsampling_modes_shapes_and_means(tmp_path, scale):
     assert torch.allclose(smaller[0], blocks, atol=1e-6)
     assert torch.allclose(upsampled[0, ::scale, ::scale], blocks, atol=1e-6)
     assert torch.equal(upsampled, torch.nn.functional.interpolate(smaller[None], scale_factor=scale, mode="nearest")[0])
+
+
+def test_a_pngs_image_hash_leaves_out_its_recorded_fingerprint_only(tmp_path):
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    hashes = {}
+    for name, image, fingerprint in (("a", pixels, "one"), ("b", pixels, "two"), ("c", pixels, None),
+                                     ("d", 255 - pixels, "one")):
+        write_png(image, tmp_path / f"{name}.png", fingerprint)
+        hashes[name] = png_image_sha256((tmp_path / f"{name}.png").read_bytes())
+    assert hashes["a"] == hashes["b"] == hashes["c"] != hashes["d"]
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    assert png_image_sha256(b"not a png") == hashlib.sha256(b"not a png").digest()
 
 
 def test_downsampling_loses_information_only_when_scale_above_one():

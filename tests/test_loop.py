@@ -7,12 +7,14 @@ import math
 import os
 import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from leanmed.data.png import write_png
 from leanmed.synthetic import write_split
 from leanmed.train import loop, record
 from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
@@ -176,6 +178,20 @@ def test_a_checkpoint_trained_on_other_pixels_is_not_resumed(split_csv, tmp_path
     assert rerun["training"]["resumed"] is False
     assert rerun["inputs"]["split_csv_sha256"] == first["inputs"]["split_csv_sha256"]
     assert rerun["inputs"]["images_sha256"] != first["inputs"]["images_sha256"]
+
+
+def test_images_made_again_with_the_same_pixels_resume_the_checkpoint(split_csv, tmp_path):
+    """A PNG converted again after its DICOM was touched (or copied without its mtime) records another fingerprint of
+    how it was made, with the same pixels: the job resumes its finished checkpoint instead of training again."""
+    changed = _copy_split(split_csv, tmp_path / "data")
+    first = run(config(changed, tmp_path / "run", max_epochs=2))
+    png = os.path.join(os.path.dirname(changed), "png", "0.png")
+    before = Path(png).read_bytes()
+    write_png(np.asarray(Image.open(png)), png, fingerprint="made-again-0000")
+    assert Path(png).read_bytes() != before
+    rerun = run(config(changed, tmp_path / "run", max_epochs=2))
+    assert rerun["training"]["resumed"] is True
+    assert rerun["inputs"] == first["inputs"] and stable_part(rerun) == stable_part(first)
 
 
 def test_rerun_of_a_finished_job_only_reevaluates(split_csv, tmp_path):

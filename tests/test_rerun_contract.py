@@ -24,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from leanmed.data.images import read_grey_png
 from workflow_helpers import REPO, copy_workflow, snakemake_patched, write_config
 
 pytestmark = pytest.mark.integration
@@ -336,25 +338,39 @@ def test_a_configuration_that_changes_nothing_for_the_studys_jobs_reruns_nothing
     assert metrics_of(study.workdir, ("lidc", "fp32", 1))["run"]["downsample_mode"] == "none"
 
 
-def test_options_that_do_not_change_the_training_retrain_nothing(fp32_study, tmp_path):
+def test_changes_that_do_not_change_what_the_runs_train_on_retrain_nothing(fp32_study, tmp_path):
     """`dicom.shards` only splits the conversion into more or fewer jobs; `training.inference_repeats` only decides
-    how often the finished model is timed. Going from 2 to 3 shards and from 1 to 2 repeats reruns the conversion
-    jobs, the merge and the training jobs, but every PNG, images.csv and split.csv keep their bytes and every run
-    resumes from its finished checkpoint to the same predictions, timed twice. Before, the merge's rows followed the
-    shards (3 shards instead of 2 retrained the RSNA runs to other test figures, real rerun) and inference_repeats
-    was part of the hash a checkpoint must match (every run trained again)."""
+    how often the finished model is timed; a raw DICOM touched (as a copy without mtimes leaves it) is converted
+    again to the same pixels. All at once: the conversion jobs, the merge and the training jobs rerun, but every other
+    PNG and split.csv keep their bytes, images.csv its rows (the touched image's with its new fingerprint), the
+    touched image its pixels, and every run resumes from its
+    finished checkpoint to the same predictions, timed twice. Before, the merge's rows followed the shards (3 shards
+    instead of 2 retrained the RSNA runs to other test figures, real rerun), inference_repeats was part of the hash a
+    checkpoint must match, and so were the PNG bytes with their recorded fingerprint (each retrained every run)."""
     study = copy_of(fp32_study, tmp_path / "study")
     results = study.workdir / "results"
     before = study.state()
-    kept = {name: file_state(results / name) for name in ("rsna/images.csv", "rsna/split.csv")}
+    split_csv = file_state(results / "rsna/split.csv")
+    images = pd.read_csv(results / "rsna/images.csv", dtype=str)
+    first = images.iloc[0]
+    dicom = study.workdir / f"data/demo/rsna/train_images/{first['subject_id']}/{first['image_id']}.dcm"
+    touched = next(name for name in before["rsna_png"] if name.endswith(f"/{first['image_id']}.png"))
+    os.utime(dicom, ns=(dicom.stat().st_atime_ns, dicom.stat().st_mtime_ns + 10**9))
     assert study.config["dicom"]["shards"] == 2 and study.config["training"]["inference_repeats"] == 1
     study.config = deep_merge(study.config, {"dicom": {"shards": 3}, "training": {"inference_repeats": 2}})
     study.run()
     after = study.state()
-    assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]
+    assert after["lidc_png"] == before["lidc_png"]
+    assert {name: state for name, state in after["rsna_png"].items() if name != touched} == \
+        {name: state for name, state in before["rsna_png"].items() if name != touched}
+    assert after["rsna_png"][touched][0] != before["rsna_png"][touched][0]  # made again: another fingerprint
+    assert np.array_equal(read_grey_png(study.workdir / touched), read_grey_png(fp32_study.workdir / touched))
     assert (study.workdir / "logs/rsna/dicom_to_png_2.log").exists()  # the third shard ran
-    for name, (content, _) in kept.items():
-        assert file_state(results / name)[0] == content, name
+    assert file_state(results / "rsna/split.csv")[0] == split_csv[0]
+    # images.csv: the same rows in the same order; the touched image's row records its new fingerprint.
+    images_after = pd.read_csv(results / "rsna/images.csv", dtype=str)
+    assert (images_after["fingerprint"] != images["fingerprint"]).tolist() == [True] + [False] * (len(images) - 1)
+    pd.testing.assert_frame_equal(images_after.drop(columns="fingerprint"), images.drop(columns="fingerprint"))
     for run in (("rsna", "fp32", 1), ("lidc", "fp32", 1)):
         metrics = metrics_of(study.workdir, run)
         assert metrics["training"]["resumed"] is True and metrics["inference"]["repeats"] == 2, run

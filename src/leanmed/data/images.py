@@ -46,6 +46,7 @@ __all__ = [
     "make_loader",
     "reseed_shuffle",
     "seed_worker",
+    "png_image_sha256",
     "split_fingerprint",
 ]
 
@@ -98,13 +99,39 @@ def read_grey_png(path: str | Path) -> np.ndarray:
     raise ValueError(f"{path}: expected a grey PNG (mode L or I;16), got mode {mode!r}")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that say something about an image, not what it shows: its text (where a converted image records the
+# fingerprint of how it was made: the code version and the source file's mtime) and its time stamp.
+_PNG_METADATA_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"tIME"})
+
+
+def png_image_sha256(data: bytes) -> bytes:
+    """sha256 over a PNG's chunks but its text and time stamp (``_PNG_METADATA_CHUNKS``): its header, palette and
+    compressed pixels, what a training job reads of it. A PNG made again with the same pixels (after its source
+    DICOM was touched or copied without its mtime, or after an edit of the conversion code that changed no pixel)
+    differs in its recorded fingerprint only and gives the same hash. Bytes that are not a PNG are hashed whole."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return hashlib.sha256(data).digest()
+    digest = hashlib.sha256(_PNG_SIGNATURE)
+    position = len(_PNG_SIGNATURE)
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        end = position + 12 + length  # length, type, data, CRC
+        if data[position + 4 : position + 8] not in _PNG_METADATA_CHUNKS:
+            digest.update(data[position:end])
+        position = end
+    return digest.digest()
+
+
 def split_fingerprint(split_csv: str | Path) -> dict:
     """What a training job reads, by content: sha256 of ``split.csv``'s bytes and one sha256 over every image it lists
-    (each row's ``path`` and the PNG's bytes, in file order, all splits).
+    (each row's ``path`` and the PNG's image, ``png_image_sha256``: its bytes but the recorded fingerprint of how it
+    was made, in file order, all splits).
 
     A training checkpoint is resumed only when these match (leanmed.train.checkpoint): a rerun after a new split, new
-    labels or re-converted images trains from scratch. Hashing reads each PNG once more; for the paper's RSNA cohort
-    (11,856 PNGs at 256 px, about 0.6 GB) that is about a second, small beside one epoch.
+    labels or images with other pixels trains from scratch; images made again with the same pixels resume. Hashing
+    reads each PNG once more; for the paper's RSNA cohort (11,856 PNGs at 256 px, about 0.6 GB) that is about a
+    second, small beside one epoch.
     """
     split_csv = Path(split_csv)
     split_digest = file_sha256(split_csv)
@@ -112,7 +139,7 @@ def split_fingerprint(split_csv: str | Path) -> dict:
     rows = read_split_rows(split_csv)
     for row in rows:
         images_digest.update(row["path"].encode() + b"\0")
-        images_digest.update(hashlib.sha256((split_csv.parent / row["path"]).read_bytes()).digest())
+        images_digest.update(png_image_sha256((split_csv.parent / row["path"]).read_bytes()))
     return {
         "split_csv": str(split_csv),
         "split_csv_sha256": split_digest,
