@@ -283,6 +283,7 @@ def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_reco
     left runs trained under the old options standing as the current study (shown by a real rerun: "Nothing to be
     done"). Each job's options record (results/options) is an input, rewritten when its params change."""
     study = copy_of(fp32_study, tmp_path / "study")
+    study.targets = fp32_study.targets  # the CPU deployment too
     first = study.state()
     lidc, rsna = ("lidc", "fp32", 1), ("rsna", "fp32", 1)
     assert set(first["runs"]) == {lidc, rsna}
@@ -304,6 +305,14 @@ def test_a_change_of_options_reruns_what_it_affects_also_without_snakemakes_reco
     third = study.state()
     study.run("--rerun-triggers", "mtime")
     assert study.state() == third
+
+    # The threads CPU latency is measured with: the deployment is measured again with them, nothing else reruns
+    # (a threads directive alone reruns nothing: the tables kept figures measured with the old count).
+    deployment = study.workdir / DEPLOYMENT
+    assert set(pd.read_csv(deployment)["threads"]) == {1}
+    study.config = deep_merge(study.config, {"deployment": {"threads": 2}})
+    study.run()
+    assert study.state() == third and set(pd.read_csv(deployment)["threads"]) == {2}
 
 
 def reversed_keys(value):

@@ -176,6 +176,9 @@ rule cpu_deployment_model:
         runs_root=runs_root,
         repeats=config["deployment"]["repeats"],
         max_images=config["deployment"]["max_images"],
+        # The CPU threads the latency is measured with (the job gets them as its threads, capped by --cores): as a
+        # param, so that another deployment.threads measures again (the threads directive alone reruns nothing).
+        threads_asked=config["deployment"]["threads"],
         code=script_code("cpu_deployment_model"),
     script:
         "../scripts/cpu_deployment_model.py"
