@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from leanmed.data.images import read_grey_png
@@ -349,13 +350,14 @@ def test_a_configuration_that_changes_nothing_for_the_studys_jobs_reruns_nothing
 
 def test_changes_that_do_not_change_what_the_runs_train_on_retrain_nothing(fp32_study, tmp_path):
     """`dicom.shards` only splits the conversion into more or fewer jobs; `training.inference_repeats` only decides
-    how often the finished model is timed; a raw DICOM touched (as a copy without mtimes leaves it) is converted
+    how often the finished model is timed; `training.device: auto` resolves to the cpu the runs trained on (on a
+    machine without a GPU); a raw DICOM touched (as a copy without mtimes leaves it) is converted
     again to the same pixels. All at once: the conversion jobs, the merge and the training jobs rerun, but every other
     PNG and split.csv keep their bytes, images.csv its rows (the touched image's with its new fingerprint), the
-    touched image its pixels, and every run resumes from its
-    finished checkpoint to the same predictions, timed twice. Before, the merge's rows followed the shards (3 shards
-    instead of 2 retrained the RSNA runs to other test figures, real rerun), inference_repeats was part of the hash a
-    checkpoint must match, and so were the PNG bytes with their recorded fingerprint (each retrained every run)."""
+    touched image its pixels, and every run resumes from its finished checkpoint to the same predictions, timed
+    twice. Before, the merge's rows followed the shards (3 shards instead of 2 retrained the RSNA runs to other test
+    figures, real rerun), and inference_repeats, device and the PNG bytes with their recorded fingerprint were part
+    of the hash a checkpoint must match (each retrained every run)."""
     study = copy_of(fp32_study, tmp_path / "study")
     results = study.workdir / "results"
     before = study.state()
@@ -366,7 +368,10 @@ def test_changes_that_do_not_change_what_the_runs_train_on_retrain_nothing(fp32_
     touched = next(name for name in before["rsna_png"] if name.endswith(f"/{first['image_id']}.png"))
     os.utime(dicom, ns=(dicom.stat().st_atime_ns, dicom.stat().st_mtime_ns + 10**9))
     assert study.config["dicom"]["shards"] == 2 and study.config["training"]["inference_repeats"] == 1
-    study.config = deep_merge(study.config, {"dicom": {"shards": 3}, "training": {"inference_repeats": 2}})
+    training = {"inference_repeats": 2}
+    if not torch.cuda.is_available():
+        training["device"] = "auto"  # resolves to the cpu the runs trained on
+    study.config = deep_merge(study.config, {"dicom": {"shards": 3}, "training": training})
     study.run()
     after = study.state()
     assert after["lidc_png"] == before["lidc_png"]

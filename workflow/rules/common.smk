@@ -467,14 +467,17 @@ def train_params(wildcards):
         tuned_step=training["tuned_step"],
         compile=training["compile"],
     )
-    trained_by = {name: value for name, value in params.items() if name not in MEASUREMENT_ONLY_OPTIONS}
+    trained_by = {name: value for name, value in params.items() if name not in NOT_IN_CONFIG_HASH}
     params["config_hash"] = value_version([trained_by, rerun_triggers(wildcards)])
     return params
 
 
-# Options that decide only how a finished model is measured, not how it is trained: kept out of config_hash, so that
-# a change reruns the job (they are params), which resumes from its finished checkpoint and measures again.
-MEASUREMENT_ONLY_OPTIONS = ("inference_repeats",)
+# Options of a training job kept out of config_hash, the hash its last.pt must match to be resumed: a change reruns
+# the job (they are params), which resumes from its finished checkpoint instead of training again.
+NOT_IN_CONFIG_HASH = {
+    "inference_repeats": "decides only how the finished model is timed: the job times it again",
+    "device": "auto resolves at run time; the checkpoint compares the device type the run trained on (cpu, cuda)",
+}
 
 
 def training_threads():

@@ -72,7 +72,8 @@ class JobState:
 
 def job_fingerprint(cfg, device: str, inputs: dict) -> dict:
     """What a last.pt must match to be resumed. The workflow's config_hash covers every option of the job (but
-    those that decide only how the finished model is measured: inference_repeats) and the registry entries and
+    inference_repeats, which decides only how the finished model is timed, and device, compared here as the device
+    type the run trained on) and the registry entries and
     training code behind it; ``inputs`` (``split_fingerprint``) covers the content of split.csv
     and of every image it lists. A rerun after any change of options, code, split, labels or images starts over
     instead of continuing (or re-scoring) weights trained under another definition or on other data."""
