@@ -192,7 +192,7 @@ def code_text(source: str) -> str:
     step's fingerprint as it was and reruns nothing; any edit of what runs changes it. The text is the same on
     Python 3.11, 3.12 and 3.13 (f-strings are taken whole from the source, as 3.11 tokenizes them; a test checks
     every file of the package on each of them), so the Python that runs Snakemake does not change a fingerprint."""
-    lines = source.splitlines(keepends=True)
+    lines = io.StringIO(source).readlines()  # the lines tokenize reads (str.splitlines also splits at \f, \x1c, ...)
     docstrings = _docstring_starts(ast.parse(source), lines)
     tokens: list[str] = []
     fstring_depth, fstring_start, in_docstring = 0, (0, 0), ""
