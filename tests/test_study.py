@@ -2,7 +2,7 @@
 order."""
 
 from leanmed.study import (
-    DATASETS,
+    KNOWN_DATASETS,
     NOT_DOWNSAMPLED,
     canonical_config,
     downsample_mode_at,
@@ -33,7 +33,7 @@ def test_the_canonical_config_sorts_every_mappings_keys_and_keeps_every_lists_or
 
 
 def test_datasets_and_runs_come_in_the_papers_order_whatever_the_configs_order():
-    assert DATASETS == ("rsna", "lidc")
+    assert KNOWN_DATASETS == ("rsna", "lidc")
     for config in (CONFIG, canonical_config(CONFIG)):
         assert studied_datasets(config) == ["rsna", "lidc"]
         runs = training_runs(config)

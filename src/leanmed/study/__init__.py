@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["DATASETS", "NOT_DOWNSAMPLED", "canonical_config", "downsample_mode_at", "studied_datasets", "training_runs"]
+__all__ = [
+    "KNOWN_DATASETS", "NOT_DOWNSAMPLED", "canonical_config", "downsample_mode_at", "studied_datasets", "training_runs",
+]
 
 #: The datasets a study can have (the config schema's), in the order results list them: the paper's Table 1, Table 2.
-DATASETS = ("rsna", "lidc")
+KNOWN_DATASETS = ("rsna", "lidc")
 #: The downsampling mode of a run at S = 1, whatever ``downsampling.mode`` says: both modes use its images as
 #: they are.
 NOT_DOWNSAMPLED = "none"
@@ -39,16 +41,16 @@ def downsample_mode_at(scale: int, configured_mode: str) -> str:
 
 
 def studied_datasets(config: Mapping) -> list[str]:
-    """The datasets of the study, in the order of ``DATASETS`` (not the config's): those with at least one model. An
-    empty ``models`` list leaves a dataset out (a file given with ``--configfile`` extends config.yaml and cannot
-    remove its key): nothing of it is prepared, trained or reported."""
-    return [dataset for dataset in DATASETS if config["datasets"].get(dataset, {}).get("models")]
+    """The datasets of the study, in the order of ``KNOWN_DATASETS`` (not the config's): those with at least one
+    model. An empty ``models`` list leaves a dataset out (a file given with ``--configfile`` extends config.yaml and
+    cannot remove its key): nothing of it is prepared, trained or reported."""
+    return [dataset for dataset in KNOWN_DATASETS if config["datasets"].get(dataset, {}).get("models")]
 
 
 def training_runs(config: Mapping) -> list[dict]:
     """Every training run of the study as dicts (dataset, model, setting, scale, seed), main study first:
     each dataset x model x setting x seed at scale 1, then the downsampling runs (dataset, model, setting, scale,
-    seed) not already in the main study. Datasets in the order of ``DATASETS``."""
+    seed) not already in the main study. Datasets in the order of ``KNOWN_DATASETS``."""
     runs = []
     for dataset in studied_datasets(config):
         for model in config["datasets"][dataset]["models"]:
