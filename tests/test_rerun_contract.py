@@ -5,8 +5,9 @@ A tiny real study (both datasets, settings fp32 and half, whose fp16 weights + t
 epoch) runs end to end; then eight changes are applied one after the other, each followed by a real rerun:
 the split seed, LIDC min_raters, a preprocessing option, the preprocessing code, one setting's registry entry, a
 training option, a new seed and a knob of the LIDC generator. After each rerun every affected run trained afresh
-(`resumed: false`, new files) and every other run file and PNG is byte-identical with its old mtime. At the end a clean run from scratch with the final
-configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
+(`resumed: false`, new files), every run whose images were made again to the same pixels (the preprocessing code)
+resumed to the same weights, and every other run file and PNG is byte-identical with its old mtime. At the end a
+clean run from scratch with the final configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
 training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
 a copy of the package (the table code, the manifest merge) and reruns: exactly the rules importing it rerun. Others
 take a dataset, model, setting, seed and curve out of the config: the report equals a clean run's, and put back, every
@@ -136,9 +137,10 @@ class Study:
         )
 
 
-def assert_rerun(study, before, affected, pngs_redone=(), new_data=()):
-    """After a rerun: `affected` runs (and runs that are new) trained from scratch; every other run file and every PNG
-    of a dataset not in `pngs_redone` or `new_data` is untouched (same bytes, same mtime). A dataset in `new_data` was
+def assert_rerun(study, before, affected, pngs_redone=(), new_data=(), resumed=()):
+    """After a rerun: `affected` runs (and runs that are new) trained from scratch; `resumed` runs reran and resumed
+    from their finished checkpoints to the same weights and predictions; every other run file and every PNG of a
+    dataset not in `pngs_redone` or `new_data` is untouched (same bytes, same mtime). A dataset in `new_data` was
     generated anew: its PNGs' names differ (its patients and slices are new draws)."""
     after = study.state()
     for run, files in after["runs"].items():
@@ -147,6 +149,11 @@ def assert_rerun(study, before, affected, pngs_redone=(), new_data=()):
             assert metrics["training"]["resumed"] is False, run
             assert files["metrics.json"] != before["runs"].get(run, {}).get("metrics.json"), run
             assert files["epochs.csv"] != before["runs"].get(run, {}).get("epochs.csv"), run
+        elif run in resumed:
+            assert metrics["training"]["resumed"] is True, run
+            assert files["metrics.json"] != before["runs"][run]["metrics.json"], run
+            for name in ("best.pt", "predictions.csv"):  # a diverged run has no best.pt
+                assert files.get(name, ("",))[0] == before["runs"][run].get(name, ("",))[0], (run, name)
         else:
             assert files == before["runs"][run], f"{run} was touched"
     for dataset in ("rsna", "lidc"):
@@ -179,19 +186,21 @@ def changed_study(tmp_path_factory):
     steps = []
 
     def change(name, config_changes=None, affected=(), pngs_redone=(), edited_setting=None, code_versions=None,
-               new_data=()):
+               new_data=(), resumed=()):
         before = study.state()
         study.config = deep_merge(study.config, config_changes or {})
         study.edited_setting = edited_setting or study.edited_setting
         study.code_versions = code_versions or study.code_versions
         study.run()
-        assert_rerun(study, before, set(affected), pngs_redone, new_data)
+        assert_rerun(study, before, set(affected), pngs_redone, new_data, set(resumed))
         steps.append(name)
 
     change("split seed", {"split": {"seed": 7}}, affected=all_runs)
     change("LIDC min_raters", {"cohort": {"lidc": {"min_raters": 3}}}, affected=lidc)
     change("preprocessing option", {"dicom": {"flip_to_left": False}}, affected=rsna, pngs_redone=("rsna",))
-    change("preprocessing code", affected=rsna, pngs_redone=("rsna",), code_versions=EDITED_CODE)
+    # The PNGs are made again (each records the fingerprint of the code that made it), here to the same pixels: the
+    # RSNA runs, whose input hash covers the pixels and not that record, resume to the same weights and predictions.
+    change("preprocessing code", resumed=rsna, pngs_redone=("rsna",), code_versions=EDITED_CODE)
     change("a setting's registry entry", affected=half, edited_setting=EDITED_HALF)
     change("training option", {"training": {"lr": 2.0e-3}}, affected=all_runs)
     change("a new seed", {"seeds": [1, 2]}, affected=())
