@@ -7,8 +7,8 @@ the split seed, LIDC min_raters, a preprocessing option, the preprocessing code,
 training option, a new seed and a knob of the LIDC generator. After each rerun every affected run trained afresh
 (`resumed: false`, new files), every run whose images were made again to the same pixels (the preprocessing code)
 resumed to the same weights, and every other run file and PNG is byte-identical with its old mtime. At the end a
-clean run from scratch with the final configuration gives the same results, file by file (runs are deterministic on CPU). A separate test kills a
-training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
+clean run from scratch with the final configuration gives the same results, file by file (runs are deterministic
+on CPU). A separate test kills a training job mid-training and reruns it unchanged: it resumes to the metrics of an uninterrupted run. Another edits
 a copy of the package (the table code, the manifest merge) and reruns: exactly the rules importing it rerun. Others
 take a dataset, model, setting, seed and curve out of the config: the report equals a clean run's, and put back, every
 run is reused as it was. The same configuration in another key order, or another downsampling mode in a
