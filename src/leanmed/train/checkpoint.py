@@ -73,10 +73,10 @@ class JobState:
 def job_fingerprint(cfg, device: str, inputs: dict) -> dict:
     """What a last.pt must match to be resumed. The workflow's config_hash covers every option of the job (but
     inference_repeats, which decides only how the finished model is timed, and device, compared here as the device
-    type the run trained on) and the registry entries and
-    training code behind it; ``inputs`` (``split_fingerprint``) covers the content of split.csv
-    and of every image it lists. A rerun after any change of options, code, split, labels or images starts over
-    instead of continuing (or re-scoring) weights trained under another definition or on other data."""
+    type the run trained on) and the registry entries and training code behind it; ``inputs``
+    (``split_fingerprint``) covers the content of split.csv and the pixels of every image it lists. A rerun after a
+    change of those options, the code, the split, the labels or the pixels starts over instead of continuing (or
+    re-scoring) weights trained under another definition or on other data."""
     values = {name: getattr(cfg, name) for name in RESULT_FIELDS}
     values["config_hash"] = cfg.config_hash
     values["inputs"] = {key: inputs[key] for key in ("split_csv_sha256", "images_sha256", "n_images")}

@@ -106,11 +106,12 @@ class TrainConfig:
     default). pretrained: False, True (timm's weights) or a path to a weights file. device: "auto", "cpu", "cuda".
     energy: measure energy with carbontracker. inference_repeats: timed passes over the test set (at most: the passes
     stop once they took inference_budget_s seconds, at least one; 0: no budget). config_hash: hash of
-    the workflow configuration that decides the training (not inference_repeats or device), recorded in provenance and in
-    last.pt, which is resumed only under the same hash. energy_country: ISO code whose grid intensity carbontracker
-    uses (None: its world average). tuned_step: the step's speed options channels_last, cudnn.benchmark and fused
-    torch Adam where they apply (False: the paper's eager step); compile: torch.compile the model for the training and
-    validation passes (the test evaluation and inference timing run it uncompiled). See leanmed.train.settings.
+    the workflow configuration that decides the training (not inference_repeats or device), recorded in provenance
+    and in last.pt, which is resumed only under the same hash. energy_country: ISO code whose grid intensity
+    carbontracker uses (None: its world average). tuned_step: the step's speed options channels_last,
+    cudnn.benchmark and fused torch Adam where they apply (False: the paper's eager step); compile: torch.compile the
+    model for the training and validation passes (the test evaluation and inference timing run it uncompiled). See
+    leanmed.train.settings.
     """
 
     split_csv: str
