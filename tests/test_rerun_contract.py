@@ -582,10 +582,12 @@ def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_ru
     assert (killed / run_dir / "predictions.csv").read_text() == (uninterrupted / run_dir / "predictions.csv").read_text()
 
 
-def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_path):
+def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs_and_one_moved_resumes_them(tmp_path):
     """training.pretrained as a local file: the path alone was a param, so new weights saved under the same name left
     the runs trained from the old ones standing ("Nothing to be done", shown by a real rerun). Its sha256 is now among
-    the training jobs' triggers: they rerun, and train afresh (their last.pt started from the other weights)."""
+    the training jobs' triggers: they rerun, and train afresh (their last.pt started from the other weights).
+    The same file moved elsewhere (a dataset and its weights copied to scratch) retrained them too: its path was part
+    of config_hash and of the checkpoint's fingerprint. Now the weights count by their content: the runs resume."""
     import timm
     import torch
 
@@ -617,11 +619,61 @@ def test_a_local_weights_file_replaced_at_the_same_path_retrains_its_runs(tmp_pa
     assert second["epochs.csv"][0] != first["epochs.csv"][0]  # other initial weights, other losses
     assert second["best.pt"][0] != first["best.pt"][0]
 
+    moved = tmp_path / "scratch/weights.pth"
+    moved.parent.mkdir()
+    shutil.move(weights, moved)
+    weights = moved
+    config["training"]["pretrained"] = str(weights)
+    write_config(study / "study.yaml", config)
+    third = rerun()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training"]["resumed"] is True and metrics["model"]["pretrained"] == str(weights)
+    for name in ("best.pt", "predictions.csv", "epochs.csv"):
+        assert third[name][0] == second[name][0], name
+
     weights.unlink()
     process = snakemake_patched(study, target, "--cores", "2", "--configfile", "study.yaml")
     assert process.returncode != 0
     assert f"config key training.pretrained: the weights file '{weights}' for model 'test_resnet' does not exist" in (
         process.stdout + process.stderr)
+
+
+def test_a_weights_cache_moved_elsewhere_resumes_its_runs(tmp_path, monkeypatch):
+    """training.weights_dir moved (the cache copied to a cluster's scratch): the cached file's path was part of
+    config_hash and of the checkpoint's fingerprint, so every pretrained run trained again from the same weights
+    (real rerun). The weights are placed by hand (no network: HF_HUB_OFFLINE), as docs/cluster.md describes."""
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    study = copy_workflow(tmp_path / "study")
+    config = deep_merge(STUDY, {
+        "datasets": {"lidc": {"models": ["test_resnet"]}}, "settings": ["fp32"],
+        "training": {"pretrained": True, "weights_dir": "resources/weights"},
+    })
+    del config["datasets"]["rsna"]
+    write_config(study / "study.yaml", config)
+    (study / "resources/weights").mkdir(parents=True)
+    torch.manual_seed(3)
+    save_file(timm.create_model("test_resnet", pretrained=False).state_dict(),
+              study / "resources/weights/test_resnet.safetensors")
+    run_dir = study / "results/runs/lidc/test_resnet/fp32/s1/seed1"
+
+    def rerun():
+        snakemake_patched(study, str((run_dir / "metrics.json").relative_to(study)), "--cores", "2",
+                          "--configfile", "study.yaml", check=True)
+        return {name: file_state(run_dir / name) for name in RUN_FILES}, json.loads((run_dir / "metrics.json").read_text())
+
+    first, metrics = rerun()
+    assert metrics["training"]["resumed"] is False and "placed by hand" in metrics["model"]["pretrained"]
+    moved = tmp_path / "scratch/weights"
+    shutil.move(study / "resources/weights", moved)
+    config["training"]["weights_dir"] = str(moved)
+    write_config(study / "study.yaml", config)
+    second, metrics = rerun()
+    assert metrics["training"]["resumed"] is True and metrics["model"]["pretrained"].startswith(str(moved))
+    for name in ("best.pt", "last.pt", "predictions.csv", "epochs.csv"):
+        assert second[name][0] == first[name][0], name
 
 
 def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_again_by_the_next_run(

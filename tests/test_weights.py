@@ -7,6 +7,7 @@ initialisation) the way huggingface_hub's hf_hub_download asks for them: HEAD th
 import hashlib
 import http.server
 import json
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -25,6 +26,7 @@ from leanmed.train.weights import (
     fetch_weights,
     manifest_file,
     weights_file,
+    weights_identity,
     weights_source,
 )
 
@@ -164,6 +166,23 @@ def test_a_model_without_imagenet_weights_is_recorded_without_download(hub, tmp_
     manifest = fetch_weights("vit_base_patch32_plus_256", tmp_path)
     assert manifest["available"] is False and "random" in manifest["note"]
     assert not hub.downloads()
+
+
+def test_weights_count_by_their_content_not_where_their_file_lies(hub, tmp_path):
+    """What a checkpoint's fingerprint records of training.pretrained: a cache moved elsewhere holds the same weights,
+    a file with other bytes other weights; a cache entry of a model without weights is a random initialisation."""
+    cache = tmp_path / "weights"
+    fetch_weights(MODEL, cache)
+    fetch_weights("vit_base_patch32_plus_256", cache)
+    moved = Path(shutil.copytree(cache, tmp_path / "scratch/weights"))
+    identity = weights_identity(str(weights_file(cache, MODEL)))
+    assert identity == f"sha256:{hashlib.sha256(hub.payload).hexdigest()}"
+    assert weights_identity(weights_file(moved, MODEL)) == identity
+    assert weights_identity(weights_file(moved, "vit_base_patch32_plus_256")) is False  # no file, random weights
+    assert (weights_identity(True), weights_identity(False), weights_identity(None)) == (True, False, False)
+    other = weights_file(moved, MODEL)
+    other.write_bytes(other.read_bytes()[:-10] + b"0123456789")
+    assert weights_identity(other) not in (identity, None)
 
 
 def test_the_cached_file_loads_with_the_network_blocked(hub, tmp_path, monkeypatch):

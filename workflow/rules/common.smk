@@ -468,6 +468,7 @@ def train_params(wildcards):
         compile=training["compile"],
     )
     trained_by = {name: value for name, value in params.items() if name not in NOT_IN_CONFIG_HASH}
+    trained_by["pretrained"] = pretrained_kind(wildcards.model)
     params["config_hash"] = value_version([trained_by, rerun_triggers(wildcards)])
     return params
 
@@ -478,6 +479,13 @@ NOT_IN_CONFIG_HASH = {
     "inference_repeats": "decides only how the finished model is timed: the job times it again",
     "device": "auto resolves at run time; the checkpoint compares the device type the run trained on (cpu, cuda)",
 }
+
+
+def pretrained_kind(model):
+    """training.pretrained in config_hash: false, true (timm's weights, wherever weights_dir puts them) or a local
+    file, whose sha256 rerun_triggers adds: not its path, so a weights file or cache moved elsewhere resumes runs."""
+    pretrained = pretrained_of(model)
+    return pretrained if isinstance(pretrained, bool) else "local weights file"
 
 
 def training_threads():

@@ -19,6 +19,7 @@ import torch
 
 from leanmed.atomic import atomic_path
 from leanmed.train.loop import restore_rng_states, rng_states
+from leanmed.train.weights import weights_identity
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -76,11 +77,12 @@ def job_fingerprint(cfg, device: str, inputs: dict) -> dict:
     type the run trained on) and the registry entries and training code behind it; ``inputs``
     (``split_fingerprint``) covers the content of split.csv and the pixels of every image it lists. A rerun after a
     change of those options, the code, the split, the labels or the pixels starts over instead of continuing (or
-    re-scoring) weights trained under another definition or on other data."""
+    re-scoring) weights trained under another definition or on other data. Pretrained weights count by their content
+    (``weights_identity``): a weights file moved, or the weights cache put elsewhere, resumes."""
     values = {name: getattr(cfg, name) for name in RESULT_FIELDS}
     values["config_hash"] = cfg.config_hash
     values["inputs"] = {key: inputs[key] for key in ("split_csv_sha256", "images_sha256", "n_images")}
-    values["pretrained"] = str(values["pretrained"])
+    values["pretrained"] = weights_identity(values["pretrained"])  # the weights, not where their file lies
     values["device_type"] = torch.device(device).type
     return values
 

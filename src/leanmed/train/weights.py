@@ -18,6 +18,7 @@ Kept free of torch and timm imports at module level: the workflow checks the cac
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ __all__ = [
     "read_manifest",
     "cache_problem",
     "set_aside",
+    "weights_sha256",
+    "weights_identity",
     "weights_source",
     "fetch_weights",
     "verify_cached",
@@ -87,10 +90,36 @@ def cache_problem(weights_dir: str | Path, model: str) -> str | None:
     size = path.stat().st_size
     if size != manifest["size"]:
         return f"{path} has {size} bytes, its manifest records {manifest['size']}"
-    digest = file_sha256(path)
+    digest = weights_sha256(path)
     if digest != manifest["sha256"]:
         return f"{path} has sha256 {digest}, its manifest records {manifest['sha256']}"
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(resolved: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(resolved)
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, hashed once per process while its size and mtime stay the same (a training job
+    checks a cached file against its manifest and fingerprints it for its checkpoint: one read of the file)."""
+    path = Path(path).expanduser().resolve()
+    status = path.stat()
+    return _sha256_of(str(path), status.st_size, status.st_mtime_ns)
+
+
+def weights_identity(pretrained: bool | str | Path | None) -> bool | str:
+    """What initialises a model, without where its file lies: False / True (timm's weights, by name), or
+    ``sha256:<hex>`` of a weights file. A file moved or a weights cache put elsewhere is the same weights: a run
+    trained from them is resumed, not trained again; a file replaced by other weights is not."""
+    if pretrained is None or isinstance(pretrained, bool):
+        return bool(pretrained)
+    path = Path(pretrained).expanduser()
+    manifest = read_manifest(path.with_suffix(".json"))
+    if not path.is_file() and manifest is not None and not manifest.get("available"):
+        return False  # a cache entry of a model timm has no weights for: random initialisation
+    return f"sha256:{weights_sha256(path)}"
 
 
 def set_aside(weights_dir: str | Path, model: str) -> Path | None:
