@@ -17,6 +17,7 @@ from PIL import Image
 from leanmed.data.png import write_png
 from leanmed.synthetic import write_split
 from leanmed.train import loop, record
+from leanmed.train.checkpoint import stop_under
 from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
 from leanmed.train.record import validate_metrics
 
@@ -246,6 +247,77 @@ def test_early_stopping_after_patience_epochs_without_improvement(split_csv, tmp
     training = metrics["training"]
     assert training["early_stopped"] and training["epochs_run"] == 4 and training["best_epoch"] == 2
     assert training["best_val_loss"] == pytest.approx(0.40) and metrics["test"]["best_epoch"] == 2
+
+
+REAL_EVALUATE = loop.evaluate
+
+
+def scripted_validation_losses(monkeypatch, losses, first_epoch=1):
+    """Validation passes report ``losses`` (epoch ``first_epoch`` on); the test pass keeps its real figures."""
+    original = REAL_EVALUATE
+    remaining = iter(losses[first_epoch - 1:])
+
+    def scripted(model, loader, *args, **kwargs):
+        result = original(model, loader, *args, **kwargs)
+        if loader.dataset.split == "val":
+            result.mean_loss = next(remaining)
+        return result
+
+    monkeypatch.setattr(loop, "evaluate", scripted)
+
+
+@pytest.mark.parametrize("history, patience, max_epochs, expected", [
+    ([0.5, 0.4, 0.45, 0.4], 2, 10, (4, "early_stopped")),  # a tie is no improvement
+    ([0.5, 0.4, 0.45, 0.4], 3, 10, None),  # would train on
+    ([0.5, 0.4, 0.45, 0.4], 3, 4, (4, "max_epochs")),
+    ([0.5, 0.4, 0.45, 0.4], 2, 3, (3, "max_epochs")),  # stops before the history ends
+    ([0.5, 0.4, 0.45, 0.4], 1, 10, (3, "early_stopped")),
+    ([0.5, None], 5, 10, (2, "diverged")),  # the training loss diverged: no validation
+    ([0.5, float("nan")], 5, 10, (2, "diverged")),
+    ([0.5, float("nan")], 5, 1, (1, "max_epochs")),
+    ([], 5, 10, None),
+])
+def test_the_stopping_rule_replayed_on_a_history(history, patience, max_epochs, expected):
+    rows = [{"epoch": epoch, "val_loss": loss} for epoch, loss in enumerate(history, start=1)]
+    assert stop_under(rows, patience, max_epochs) == expected
+
+
+def test_a_higher_max_epochs_continues_a_run_that_reached_the_limit_to_a_fresh_runs_result(split_csv, tmp_path):
+    first = run(config(split_csv, tmp_path / "run", max_epochs=2))
+    assert first["training"]["epochs_run"] == 2 and not first["training"]["early_stopped"]
+    continued = run(config(split_csv, tmp_path / "run", max_epochs=4))
+    fresh = run(config(split_csv, tmp_path / "fresh", max_epochs=4))
+    assert continued["training"]["resumed"] is True and continued["training"]["epochs_run"] == 4
+    assert stable_part(continued) == stable_part(fresh)
+    assert (tmp_path / "run/predictions.csv").read_text() == (tmp_path / "fresh/predictions.csv").read_text()
+    # Lowered again below the epochs trained: last.pt is past the new limit, so the run trains afresh.
+    lowered = run(config(split_csv, tmp_path / "run", max_epochs=3))
+    assert lowered["training"]["resumed"] is False and lowered["training"]["epochs_run"] == 3
+
+
+def test_another_patience_keeps_continues_or_retrains_a_run_as_a_fresh_run_would_stop(
+    split_csv, tmp_path, monkeypatch
+):
+    losses = [0.50, 0.40, 0.45, 0.46, 0.47, 0.30, 0.35, 0.36]  # best at 2, then 3 epochs without improvement
+    scripted_validation_losses(monkeypatch, losses)
+    stopped = run(config(split_csv, tmp_path / "run", max_epochs=8, patience=3))
+    assert stopped["training"]["early_stopped"] and stopped["training"]["epochs_run"] == 5
+
+    # Patience 4: the run would have gone on from epoch 5; it continues (epoch 6 improves, then 2 without).
+    scripted_validation_losses(monkeypatch, losses, first_epoch=6)
+    continued = run(config(split_csv, tmp_path / "run", max_epochs=8, patience=4))
+    scripted_validation_losses(monkeypatch, losses)
+    fresh = run(config(split_csv, tmp_path / "fresh", max_epochs=8, patience=4))
+    assert continued["training"]["resumed"] is True
+    assert continued["training"]["epochs_run"] == fresh["training"]["epochs_run"] == 8
+    assert continued["training"]["best_epoch"] == fresh["training"]["best_epoch"] == 6
+    assert stable_part(continued) == stable_part(fresh)
+
+    # Patience 2: a run would have stopped at epoch 4, before the 8 trained: it trains afresh and stops there.
+    scripted_validation_losses(monkeypatch, losses)
+    retrained = run(config(split_csv, tmp_path / "run", max_epochs=8, patience=2))
+    assert retrained["training"]["resumed"] is False and retrained["training"]["epochs_run"] == 4
+    assert retrained["training"]["early_stopped"] is True
 
 
 def test_smaller_input_downsampling_and_time_fields(split_csv, tmp_path):

@@ -401,6 +401,33 @@ def test_changes_that_do_not_change_what_the_runs_train_on_retrain_nothing(fp32_
             assert after["runs"][run][name][0] == before["runs"][run][name][0], (run, name)
 
 
+def test_a_higher_max_epochs_continues_the_runs_that_reached_the_limit_to_a_clean_runs_results(fp32_study, tmp_path):
+    """`training.max_epochs` and `patience` decide only where training ends; both were in the hash a checkpoint must
+    match, so raising max_epochs (runs that stopped at the limit had not converged) trained every run again from
+    epoch 1 (real rerun). Now the job replays a checkpoint's history under the new rule: a run at the old limit
+    continues from its last.pt, and ends as a run trained from scratch under the new rule does, epoch for epoch."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    runs = (("rsna", "fp32", 1), ("lidc", "fp32", 1))
+    for run in runs:
+        assert metrics_of(study.workdir, run)["training"]["epochs_run"] == 2, run  # max_epochs 2, patience 2
+    study.config = deep_merge(study.config, {"training": {"max_epochs": 3, "patience": 3}})
+    study.run()
+    clean = copy_of(study, tmp_path / "clean")
+    shutil.rmtree(clean.workdir / "results/runs")
+    clean.targets = [f"results/runs/{run[0]}/mlp_small/{run[1]}/s1/seed{run[2]}/metrics.json" for run in runs]
+    clean.run()
+    for run in runs:
+        continued, fresh = metrics_of(study.workdir, run), metrics_of(clean.workdir, run)
+        assert continued["training"]["resumed"] is True and fresh["training"]["resumed"] is False, run
+        assert continued["training"]["epochs_run"] == 3, run
+        assert stable(continued) == stable(fresh), run
+        folder = f"results/runs/{run[0]}/mlp_small/{run[1]}/s1/seed{run[2]}"
+        assert (study.workdir / folder / "predictions.csv").read_text() == \
+            (clean.workdir / folder / "predictions.csv").read_text(), run
+        epochs = [(workdir / folder / "epochs.csv").read_text().splitlines() for workdir in (study.workdir, clean.workdir)]
+        assert [line.split(",")[:5] for line in epochs[0]] == [line.split(",")[:5] for line in epochs[1]], run
+
+
 def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(
     fp32_study, tmp_path, monkeypatch
 ):

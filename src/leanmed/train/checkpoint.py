@@ -4,7 +4,9 @@
 improvement: weights and bookkeeping only) are written atomically. A ``last.pt`` is resumed only when its fingerprint
 is the job's: the options that change results (``RESULT_FIELDS``), the workflow's ``config_hash`` (every option of the
 job, the registry entries and training code behind it) and the content of the job's inputs (split.csv and every image
-it lists). Any other rerun starts over.
+it lists). Any other rerun starts over. The stopping rule (patience, max_epochs) is not part of the fingerprint: a
+checkpoint's history replayed under the new rule (``stop_under``) says whether it is finished, goes on, or trained
+past the new stop (then the job starts over).
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ __all__ = [
     "load_checkpoint",
     "resumable_checkpoint",
     "checkpoint_for_resume",
+    "stop_under",
     "resume_state",
 ]
 
 CHECKPOINT_FORMAT = 1
-# Fields of the job's TrainConfig that change results: a last.pt written under other values is not resumed.
+# Fields of the job's TrainConfig that change results: a last.pt written under other values is not resumed. Not the
+# stopping rule (patience, max_epochs): it decides only where training ends, and ``stop_under`` replays a checkpoint's
+# history to tell whether a run under the new rule stops where it stopped, goes on from it, or stopped earlier.
 RESULT_FIELDS = (
-    "dataset", "model", "setting", "seed", "scale", "downsample_mode", "image_size", "lr", "batch_size", "patience",
+    "dataset", "model", "setting", "seed", "scale", "downsample_mode", "image_size", "lr", "batch_size",
     "pretrained", "tuned_step", "compile",
 )
 
@@ -131,23 +136,62 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def resumable_checkpoint(path: Path, fingerprint: dict) -> dict | None:
+def stop_under(history: list[dict], patience: int, max_epochs: int) -> tuple[int, str] | None:
+    """Where a run with this history stops under the stopping rule ``patience`` / ``max_epochs``: (epoch, why) with
+    why one of "diverged", "early_stopped", "max_epochs"; None when it would train past the history.
+
+    The rule of ``leanmed.train.job``, replayed on the recorded validation losses: a non-finite or missing validation
+    loss is a divergence; a loss below the best so far (strictly) is an improvement; ``patience`` epochs without one
+    stop early; no run trains past ``max_epochs``. The replay needs only the history because the rule changes nothing
+    but where training ends: every epoch before that is the same under either rule."""
+    best, since_best = math.inf, 0
+    for row in history:
+        epoch = int(row["epoch"])
+        if epoch > max_epochs:
+            return max_epochs, "max_epochs"
+        val_loss = row.get("val_loss")
+        if val_loss is None or not math.isfinite(val_loss):
+            return epoch, "diverged"
+        if val_loss < best:
+            best, since_best = val_loss, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                return epoch, "early_stopped"
+        if epoch == max_epochs:
+            return epoch, "max_epochs"
+    return None
+
+
+def resumable_checkpoint(path: Path, fingerprint: dict, patience: int, max_epochs: int) -> dict | None:
     """The last.pt at ``path`` when it was written by this very configuration (an interrupted or finished run of this
     job), else None (no file, or another configuration: the job starts over; logged as one warning)."""
-    checkpoint, refused = checkpoint_for_resume(path, fingerprint)
+    checkpoint, refused = checkpoint_for_resume(path, fingerprint, patience, max_epochs)
     if refused:
         logging.getLogger(__name__).warning("%s: starting this job over", refused)
     return checkpoint
 
 
-def checkpoint_for_resume(path: Path, fingerprint: dict) -> tuple[dict | None, str | None]:
+def checkpoint_for_resume(path: Path, fingerprint: dict, patience: int, max_epochs: int
+                          ) -> tuple[dict | None, str | None]:
     """(the last.pt at ``path`` if this very configuration wrote it, else None; why a last.pt present was refused,
-    else None). The reason is one short line naming what differs; both fingerprints are logged at DEBUG."""
+    else None). The reason is one short line naming what differs; both fingerprints are logged at DEBUG.
+
+    Under another stopping rule (``patience``, ``max_epochs``) the checkpoint is resumed where a run under the new
+    rule would have passed through it (``stop_under``): a finished run whose new stop is where it stopped stays
+    finished; one stopped early or at the old limit that the new rule lets go on continues training; one that trained
+    past where the new rule stops it is refused (its last.pt is not the state of that epoch)."""
     if not path.is_file():
         return None, None
     checkpoint = load_checkpoint(path)
     written_by = checkpoint.get("fingerprint")
     if written_by == fingerprint:
+        stop = stop_under(checkpoint["history"], patience, max_epochs)
+        epoch = int(checkpoint["epoch"])
+        if stop is not None and stop[0] < epoch:
+            return None, (f"{path.name} trained {epoch} epochs; with patience {patience} and max_epochs {max_epochs} "
+                          f"training stops after epoch {stop[0]} ({stop[1]})")
+        checkpoint["early_stopped"] = stop is not None and stop[1] == "early_stopped"
         return checkpoint, None
     logging.getLogger(__name__).debug("%s fingerprint %s, this job's %s", path, written_by, fingerprint)
     if isinstance(written_by, dict):

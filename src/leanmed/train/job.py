@@ -17,7 +17,9 @@ content of metrics.json and the other files ``leanmed.train.record``. Behaviour 
   and renamed (atomic). ``best.pt`` holds the model weights and bookkeeping, without optimiser state (it is only
   evaluated, and this halves the disk space of big models).
 - Resume: with ``last.pt`` present the job continues from it (model, optimiser, scaler, history, RNG states), and ends
-  with the same metrics as an uninterrupted run. A ``last.pt`` of another configuration or other inputs is refused.
+  with the same metrics as an uninterrupted run. A ``last.pt`` of another configuration or other inputs is refused;
+  under another stopping rule (patience, max_epochs) it is kept, continued or refused as its history says a run
+  under the new rule would have stopped (``leanmed.train.checkpoint.stop_under``).
 - SIGTERM (e.g. a cluster's time limit): the current batch finishes, the epoch is abandoned, ``last.pt`` keeps the
   last finished epoch, and ``TrainingInterrupted`` (a SystemExit with code 143) ends the job non-zero so the workflow
   reruns it, which resumes.
@@ -202,7 +204,7 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
     fingerprint = job_fingerprint(cfg, device, inputs)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    checkpoint, refused = checkpoint_for_resume(last_path, fingerprint)
+    checkpoint, refused = checkpoint_for_resume(last_path, fingerprint, cfg.patience, cfg.max_epochs)
     resumed_now = checkpoint is not None
     if resumed_now:
         state = resume_state(checkpoint, model, optimizer, scaler)
