@@ -36,4 +36,5 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+        every_declared_output,
         f"{RESULTS}/leftovers.md",

@@ -18,6 +18,7 @@ from leanmed.train.weights import manifest_file as weights_manifest_file
 from leanmed.train.weights import set_aside as set_weights_aside
 from leanmed.train.weights import weights_file as cached_weights_file
 from snakemake.exceptions import WorkflowError
+from snakemake.io import apply_wildcards, is_flagged
 from snakemake.logging import logger
 
 # One key order for the whole config, set before the rule files take params from it. Snakemake sees a param's dict
@@ -525,6 +526,41 @@ def final_outputs():
     for dataset, model in downsampling_curves():
         outputs += expand(f"{RESULTS}/figures/downsampling_{dataset}_{model}.{{ext}}", ext=["png", "pdf"])
     return outputs + weights_checksums()
+
+
+def study_jobs():
+    """(rule, wildcards) of every job of the study but rule all, leftovers and the DICOM shards (whose only output is
+    temporary)."""
+    jobs = []
+    if "rsna" in DATASETS:
+        jobs += [("demo_rsna", {})] if DEMO else []
+        jobs += [("rsna_cohort", {}), ("rsna_images", {})]
+    if "lidc" in DATASETS:
+        jobs += [("demo_lidc", {})] if DEMO else []
+        jobs += [("lidc_from_ct", {})] if config["data"]["lidc"]["source"] == "ct" else []
+        jobs += [("lidc_labels", {})]
+    jobs += [("fetch_weights", dict(model=model)) for model in pretrained_models()]
+    jobs += [("train", run) for run in training_runs()]
+    jobs += [("aggregate", {}), ("cpu_deployment", {}), ("findings", {})]
+    for dataset in DATASETS:
+        jobs += [(rule, dict(dataset=dataset)) for rule in ("split", "paper_table", "compare_to_baseline", "pareto")]
+        jobs += [("radar_plot", dict(dataset=dataset, model=model)) for model in models_of(dataset)]
+    jobs += [("cpu_deployment_model", dict(dataset=dataset, model=model)) for dataset, model in trained_models()]
+    jobs += [("downsampling_plot", dict(dataset=dataset, model=model)) for dataset, model in downsampling_curves()]
+    return jobs
+
+
+def every_declared_output(wildcards):
+    """Every file the study's jobs declare, temporary ones excepted: all targets of rule all. Snakemake does not make
+    a deleted file again while the files made from it are up to date, so a run folder, a split.csv or images.csv
+    deleted by hand stayed missing, beside tables made from them ("Nothing to be done", shown by a real rerun). As
+    targets they are made again, and what is made from them reruns (a run resumes from its last.pt)."""
+    return [
+        apply_wildcards(str(output), job_wildcards)
+        for rule_name, job_wildcards in study_jobs()
+        for output in workflow.get_rule(rule_name).output
+        if not is_flagged(output, "temp")
+    ]
 
 
 def report_products():
