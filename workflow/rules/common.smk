@@ -479,7 +479,7 @@ def train_params(wildcards):
 NOT_IN_CONFIG_HASH = {
     "inference_repeats": "decides only how the finished model is timed: the job times it again",
     "device": "auto resolves at run time; the checkpoint compares the device type the run trained on (cpu, cuda)",
-    "max_epochs": "the stopping rule decides only where training ends: the job replays the checkpoint's history "
+    "max_epochs": "where training ends, all the stopping rule decides; the job replays the checkpoint's history "
     "(leanmed.train.checkpoint.stop_under) to keep, continue or retrain the run",
     "patience": "as max_epochs",
 }
