@@ -39,12 +39,14 @@ gpu-check: setup
 status: setup
 	@$(BIN)/python -m leanmed.study.status $(STATUS)
 
+# One pytest worker per CPU (pytest-xdist); tests sharing a module's study run in one worker (tests/conftest.py).
+# A single test or file: .venv/bin/python -m pytest tests/test_loop.py (serial).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # Unit tests only (no Snakemake runs): about a minute.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -n auto --dist loadgroup -m "not integration"
 
 lint: setup
 	$(SNAKEMAKE) --lint --configfile profiles/demo/demo-study.yaml
