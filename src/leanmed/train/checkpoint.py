@@ -31,8 +31,8 @@ __all__ = [
     "save_atomically",
     "checkpoint_payload",
     "load_checkpoint",
-    "resumable_checkpoint",
     "checkpoint_for_resume",
+    "validation_outcome",
     "stop_under",
     "resume_state",
 ]
@@ -136,40 +136,40 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def validation_outcome(val_loss: float | None, best_val_loss: float, epochs_without_improvement: int,
+                       patience: int) -> tuple[str, int]:
+    """The stopping rule for one epoch: its outcome ("diverged", "improved", "early_stopped" or "continue") and the
+    epochs without improvement after it. ``val_loss`` None: the training loss diverged, there was no validation. A
+    non-finite validation loss is a divergence; a loss below the best so far (strictly) is an improvement;
+    ``patience`` epochs without one stop early. The job applies it as it trains, ``stop_under`` replays it."""
+    if val_loss is None or not math.isfinite(val_loss):
+        return "diverged", epochs_without_improvement
+    if val_loss < best_val_loss:
+        return "improved", 0
+    since_best = epochs_without_improvement + 1
+    return ("early_stopped" if since_best >= patience else "continue"), since_best
+
+
 def stop_under(history: list[dict], patience: int, max_epochs: int) -> tuple[int, str] | None:
     """Where a run with this history stops under the stopping rule ``patience`` / ``max_epochs``: (epoch, why) with
     why one of "diverged", "early_stopped", "max_epochs"; None when it would train past the history.
 
-    The rule of ``leanmed.train.job``, replayed on the recorded validation losses: a non-finite or missing validation
-    loss is a divergence; a loss below the best so far (strictly) is an improvement; ``patience`` epochs without one
-    stop early; no run trains past ``max_epochs``. The replay needs only the history because the rule changes nothing
-    but where training ends: every epoch before that is the same under either rule."""
+    ``validation_outcome`` replayed on the recorded validation losses, and no run trains past ``max_epochs``. The
+    replay needs only the history because the rule changes nothing but where training ends: every epoch before that
+    is the same under either rule."""
     best, since_best = math.inf, 0
     for row in history:
         epoch = int(row["epoch"])
         if epoch > max_epochs:
             return max_epochs, "max_epochs"
-        val_loss = row.get("val_loss")
-        if val_loss is None or not math.isfinite(val_loss):
-            return epoch, "diverged"
-        if val_loss < best:
-            best, since_best = val_loss, 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                return epoch, "early_stopped"
+        outcome, since_best = validation_outcome(row.get("val_loss"), best, since_best, patience)
+        if outcome in ("diverged", "early_stopped"):
+            return epoch, outcome
+        if outcome == "improved":
+            best = row["val_loss"]
         if epoch == max_epochs:
             return epoch, "max_epochs"
     return None
-
-
-def resumable_checkpoint(path: Path, fingerprint: dict, patience: int, max_epochs: int) -> dict | None:
-    """The last.pt at ``path`` when it was written by this very configuration (an interrupted or finished run of this
-    job), else None (no file, or another configuration: the job starts over; logged as one warning)."""
-    checkpoint, refused = checkpoint_for_resume(path, fingerprint, patience, max_epochs)
-    if refused:
-        logging.getLogger(__name__).warning("%s: starting this job over", refused)
-    return checkpoint
 
 
 def checkpoint_for_resume(path: Path, fingerprint: dict, patience: int, max_epochs: int

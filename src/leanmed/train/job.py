@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import shutil
 import signal
 import sys
@@ -56,6 +55,7 @@ from leanmed.train.checkpoint import (
     load_checkpoint,
     resume_state,
     save_atomically,
+    validation_outcome,
 )
 from leanmed.train.energy import EnergyMeter
 from leanmed.train.energy_records import unmeasured
@@ -307,17 +307,16 @@ def _train_epoch(cfg, state, model, optimizer, scaler, resolved, loaders, energy
         val_metrics = binary_metrics(validated.labels, validated.probabilities, THRESHOLD)
         row.update(val_loss=validated.mean_loss, val_accuracy=val_metrics["accuracy"],
                    val_roc_auc=val_metrics["roc_auc"], epoch_val_seconds=validated.seconds)
-        if not math.isfinite(validated.mean_loss):
+        outcome, state.epochs_without_improvement = validation_outcome(
+            validated.mean_loss, state.best_val_loss, state.epochs_without_improvement, cfg.patience)
+        if outcome == "diverged":
             state.diverged = True
             state.divergence = f"validation loss became {validated.mean_loss} in epoch {epoch}"
-        elif validated.mean_loss < state.best_val_loss:
+        elif outcome == "improved":
             state.best_val_loss = validated.mean_loss
             state.best_epoch = epoch
-            state.epochs_without_improvement = 0
-        else:
-            state.epochs_without_improvement += 1
-            if state.epochs_without_improvement >= cfg.patience:
-                state.early_stopped = True
+        elif outcome == "early_stopped":
+            state.early_stopped = True
     state.history.append(row)
     running_peak = memory.current_peak()
     state.train_peak_bytes = _max_or_none(state.train_peak_bytes, running_peak[0])

@@ -116,10 +116,12 @@ def weights_identity(pretrained: bool | str | Path | None) -> bool | str:
     if pretrained is None or isinstance(pretrained, bool):
         return bool(pretrained)
     path = Path(pretrained).expanduser()
+    if path.is_file():
+        return f"sha256:{weights_sha256(path)}"
     manifest = read_manifest(path.with_suffix(".json"))
-    if not path.is_file() and manifest is not None and not manifest.get("available"):
+    if manifest is not None and not manifest.get("available"):
         return False  # a cache entry of a model timm has no weights for: random initialisation
-    return f"sha256:{weights_sha256(path)}"
+    raise FileNotFoundError(f"pretrained weights file {str(path)!r} does not exist")
 
 
 def set_aside(weights_dir: str | Path, model: str) -> Path | None:
