@@ -35,6 +35,5 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
         every_declared_output,
         f"{RESULTS}/leftovers.md",

@@ -68,7 +68,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     workerinput = getattr(config, "workerinput", None)
-    if workerinput is None or config.getoption("dist", "no") != "loadgroup" and not config.getvalue("loadgroup"):
+    if workerinput is None or not config.getoption("loadgroup", False):  # a worker's option: its run is loadgroup
         return
     path = Path(tempfile.gettempdir()) / f"leanmed-test-groups-{workerinput['testrunuid']}-{workerinput['workerid']}.json"
     path.write_text(json.dumps(fixture_groups(items)))

@@ -230,40 +230,29 @@ def test_divergence_after_a_good_epoch_evaluates_the_best_checkpoint(split_csv, 
     assert metrics["test"]["accuracy"] is not None and metrics["test"]["best_epoch"] == 2
 
 
-def test_early_stopping_after_patience_epochs_without_improvement(split_csv, tmp_path, monkeypatch):
-    original = loop.evaluate
-    validation_losses = iter([0.50, 0.40, 0.45, 0.40, 0.41])  # best at epoch 2; epoch 4 ties it: no improvement
-    calls = []
-
-    def scripted_validation(*args, **kwargs):
-        result = original(*args, **kwargs)
-        calls.append(1)
-        if len(calls) <= 4:  # the four validation passes; the final test pass is left alone
-            result.mean_loss = next(validation_losses)
-        return result
-
-    monkeypatch.setattr(loop, "evaluate", scripted_validation)
-    metrics = run(config(split_csv, tmp_path, max_epochs=10, patience=2))
-    training = metrics["training"]
-    assert training["early_stopped"] and training["epochs_run"] == 4 and training["best_epoch"] == 2
-    assert training["best_val_loss"] == pytest.approx(0.40) and metrics["test"]["best_epoch"] == 2
-
-
 REAL_EVALUATE = loop.evaluate
 
 
 def scripted_validation_losses(monkeypatch, losses, first_epoch=1):
     """Validation passes report ``losses`` (epoch ``first_epoch`` on); the test pass keeps its real figures."""
-    original = REAL_EVALUATE
     remaining = iter(losses[first_epoch - 1:])
 
     def scripted(model, loader, *args, **kwargs):
-        result = original(model, loader, *args, **kwargs)
+        result = REAL_EVALUATE(model, loader, *args, **kwargs)
         if loader.dataset.split == "val":
             result.mean_loss = next(remaining)
         return result
 
     monkeypatch.setattr(loop, "evaluate", scripted)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(split_csv, tmp_path, monkeypatch):
+    # best at epoch 2; epoch 4 ties it: no improvement
+    scripted_validation_losses(monkeypatch, [0.50, 0.40, 0.45, 0.40, 0.41])
+    metrics = run(config(split_csv, tmp_path, max_epochs=10, patience=2))
+    training = metrics["training"]
+    assert training["early_stopped"] and training["epochs_run"] == 4 and training["best_epoch"] == 2
+    assert training["best_val_loss"] == pytest.approx(0.40) and metrics["test"]["best_epoch"] == 2
 
 
 @pytest.mark.parametrize("history, patience, max_epochs, expected", [
@@ -481,15 +470,8 @@ def test_the_job_logs_its_start_each_epoch_with_an_eta_and_its_end(split_csv, tm
 def test_the_log_says_why_training_stopped_and_counts_the_epochs_since_the_best(split_csv, tmp_path, monkeypatch,
                                                                                caplog):
     caplog.set_level(logging.INFO, logger="leanmed.train.job")
-    original = loop.evaluate
-    validation_losses = iter([0.50, 0.40, 0.45, 0.40])  # best at epoch 2, then two epochs without improvement
-
-    def scripted_validation(*args, **kwargs):
-        result = original(*args, **kwargs)
-        result.mean_loss = next(validation_losses, result.mean_loss)
-        return result
-
-    monkeypatch.setattr(loop, "evaluate", scripted_validation)
+    # best at epoch 2, then two epochs without improvement
+    scripted_validation_losses(monkeypatch, [0.50, 0.40, 0.45, 0.40])
     run(config(split_csv, tmp_path, max_epochs=10, patience=2))
     epochs = job_lines(caplog, "epoch ")
     assert len(epochs) == 4

@@ -103,9 +103,23 @@ def png_files(workdir, dataset):
     }
 
 
-def metrics_of(workdir, run):
+def run_folder(run):
+    """The folder of run (dataset, setting, seed) of the study's model at S = 1, relative to the working copy."""
     dataset, setting, seed = run
-    return json.loads((workdir / f"results/runs/{dataset}/mlp_small/{setting}/s1/seed{seed}/metrics.json").read_text())
+    return f"results/runs/{dataset}/mlp_small/{setting}/s1/seed{seed}"
+
+
+def metrics_of(workdir, run):
+    return json.loads((workdir / run_folder(run) / "metrics.json").read_text())
+
+
+def assert_trained_alike(workdir, other, run):
+    """The run's predictions.csv, and its epochs.csv but the per-epoch seconds (losses and accuracies), are the same
+    in both working copies."""
+    for name, strip in (("predictions.csv", lambda text: text.splitlines()),
+                        ("epochs.csv", lambda text: [line.split(",")[:5] for line in text.splitlines()])):
+        texts = [(copy / run_folder(run) / name).read_text() for copy in (workdir, other)]
+        assert strip(texts[0]) == strip(texts[1]), (run, name)
 
 
 def stable(metrics):
@@ -245,14 +259,7 @@ def test_the_changed_study_equals_a_clean_run_of_its_final_configuration(changed
     for run in clean_runs:
         assert stable(metrics_of(changed.workdir, run)) == stable(metrics_of(clean.workdir, run)), run
         assert metrics_of(clean.workdir, run)["training"]["resumed"] is False
-        for name in ("predictions.csv", "epochs.csv"):
-            if name == "epochs.csv":  # per-epoch seconds differ; losses and accuracies must not
-                strip = lambda text: [line.split(",")[:5] for line in text.splitlines()]  # noqa: E731
-            else:
-                strip = lambda text: text.splitlines()  # noqa: E731
-            folder = f"results/runs/{run[0]}/mlp_small/{run[1]}/s1/seed{run[2]}/{name}"
-            assert strip((changed.workdir / folder).read_text()) == strip((clean.workdir / folder).read_text()), (
-                run, name)
+        assert_trained_alike(changed.workdir, clean.workdir, run)
     for relative in ("rsna/images.csv", "rsna/split.csv", "lidc/labels.csv", "lidc/split.csv", "rsna/preprocessing.json"):
         assert (changed.workdir / "results" / relative).read_bytes() == (clean.workdir / "results" / relative).read_bytes(), relative
     for dataset in ("rsna", "lidc"):
@@ -414,18 +421,14 @@ def test_a_higher_max_epochs_continues_the_runs_that_reached_the_limit_to_a_clea
     study.run()
     clean = copy_of(study, tmp_path / "clean")
     shutil.rmtree(clean.workdir / "results/runs")
-    clean.targets = [f"results/runs/{run[0]}/mlp_small/{run[1]}/s1/seed{run[2]}/metrics.json" for run in runs]
+    clean.targets = [f"{run_folder(run)}/metrics.json" for run in runs]
     clean.run()
     for run in runs:
         continued, fresh = metrics_of(study.workdir, run), metrics_of(clean.workdir, run)
         assert continued["training"]["resumed"] is True and fresh["training"]["resumed"] is False, run
         assert continued["training"]["epochs_run"] == 3, run
         assert stable(continued) == stable(fresh), run
-        folder = f"results/runs/{run[0]}/mlp_small/{run[1]}/s1/seed{run[2]}"
-        assert (study.workdir / folder / "predictions.csv").read_text() == \
-            (clean.workdir / folder / "predictions.csv").read_text(), run
-        epochs = [(workdir / folder / "epochs.csv").read_text().splitlines() for workdir in (study.workdir, clean.workdir)]
-        assert [line.split(",")[:5] for line in epochs[0]] == [line.split(",")[:5] for line in epochs[1]], run
+        assert_trained_alike(study.workdir, clean.workdir, run)
 
 
 def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depends_on_them(
@@ -730,8 +733,8 @@ def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_
     study = copy_of(fp32_study, tmp_path / "study")
     study.targets = ()  # rule all, as `snakemake` runs it
     study.run()
-    declared = summary_files(study.workdir)
-    assert declared <= rule_all_inputs(study.workdir), declared - rule_all_inputs(study.workdir)
+    declared, targets = summary_files(study.workdir), rule_all_inputs(study.workdir)
+    assert declared <= targets, declared - targets
     before = study.state()
     metrics_before = {run: metrics_of(study.workdir, run) for run in before["runs"]}
     rsna_folder = sorted((study.workdir / "results/rsna/png/images").iterdir())[0]
