@@ -218,3 +218,18 @@ def test_pareto_scatter_names_pairs_drawn_at_the_same_place(tmp_path):
     assert sorted(labels) == ["densenet121/amp", "densenet121/fp32 = densenet121/8bit"]
     assert len(result.axes.collections) >= 3  # one marker per pair, the coinciding ones included
     assert "densenet121/fp32 and densenet121/8bit coincide" in footnote(result)
+
+
+def test_figures_follow_the_configured_dpi_and_the_same_figure_gives_the_same_bytes(radar_summary, tmp_path):
+    """report.dpi was ignored (every PNG came out at 150 dpi, though a changed dpi reran the plots), and each PDF
+    carried the time it was saved, so a partial rerun that replotted unchanged data differed from a clean run."""
+    sizes = {}
+    for dpi in (60, 120):
+        plots.radar(radar_summary, "rsna", "densenet121", tmp_path / f"{dpi}.png", tmp_path / f"{dpi}.pdf", dpi=dpi)
+        sizes[dpi] = Image.open(tmp_path / f"{dpi}.png").size
+    # Twice the dpi, about twice the pixels each way (the tight bounding box rounds text extents per dpi).
+    assert [large / small for large, small in zip(sizes[120], sizes[60])] == pytest.approx([2, 2], rel=0.03)
+
+    plots.radar(radar_summary, "rsna", "densenet121", tmp_path / "again.png", tmp_path / "again.pdf", dpi=60)
+    assert (tmp_path / "again.pdf").read_bytes() == (tmp_path / "60.pdf").read_bytes()
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "60.png").read_bytes()

@@ -6,7 +6,6 @@ sys.stderr = open(snakemake.log[0], "w")
 import matplotlib
 
 matplotlib.use("Agg")
-matplotlib.rcParams["savefig.dpi"] = snakemake.params.dpi
 
 from leanmed.report.aggregate import read_summary
 from leanmed.report.plots import downsampling
@@ -19,4 +18,5 @@ downsampling(
     snakemake.output.png,
     snakemake.output.pdf,
     settings=snakemake.params.settings,
+    dpi=snakemake.params.dpi,
 )

@@ -7,7 +7,6 @@ sys.stderr = open(snakemake.log[0], "w")
 import matplotlib
 
 matplotlib.use("Agg")
-matplotlib.rcParams["savefig.dpi"] = snakemake.params.dpi
 
 from leanmed.report.aggregate import read_summary
 from leanmed.report.pareto import pareto_front
@@ -16,4 +15,4 @@ from leanmed.report.tables import write_tables
 
 front = pareto_front(read_summary(snakemake.input.summary), snakemake.wildcards.dataset)
 write_tables(front, Path(snakemake.output.csv).with_suffix(""))
-pareto_scatter(front, snakemake.output.png, snakemake.output.pdf)
+pareto_scatter(front, snakemake.output.png, snakemake.output.pdf, dpi=snakemake.params.dpi)

@@ -6,10 +6,16 @@ sys.stderr = open(snakemake.log[0], "w")
 import matplotlib
 
 matplotlib.use("Agg")
-matplotlib.rcParams["savefig.dpi"] = snakemake.params.dpi
 
 from leanmed.report.aggregate import read_summary
 from leanmed.report.plots import radar
 
 summary = read_summary(snakemake.input.summary)
-radar(summary, snakemake.wildcards.dataset, snakemake.wildcards.model, snakemake.output.png, snakemake.output.pdf)
+radar(
+    summary,
+    snakemake.wildcards.dataset,
+    snakemake.wildcards.model,
+    snakemake.output.png,
+    snakemake.output.pdf,
+    dpi=snakemake.params.dpi,
+)

@@ -23,7 +23,7 @@ from leanmed.report.captions import describe_memory_kinds
 from leanmed.report.environments import describe_environments
 from leanmed.report.grouping import group_summary, order_settings
 
-DPI = 150
+DPI = 150  #: resolution of the PNGs, dots per inch (config report.dpi; the PDFs are vector graphics)
 _RC = {"text.usetex": False, "pdf.fonttype": 42, "font.size": 9}
 _FOOTNOTE_WIDTH = 110
 
@@ -35,10 +35,14 @@ class PlotResult:
     data: pd.DataFrame
 
 
-def _save(figure: Figure, out_png: str | Path, out_pdf: str | Path) -> None:
-    for path in (Path(out_png), Path(out_pdf)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=DPI, bbox_inches="tight")
+def _save(figure: Figure, out_png: str | Path, out_pdf: str | Path, dpi: int) -> None:
+    """Write the figure as PNG (at `dpi`) and PDF. The PDF carries no creation date, so the same figure gives the
+    same bytes: a rerun that replots unchanged data leaves a PDF as a clean run makes it (matplotlib stamped the
+    time of saving, and a partial rerun differed from a clean run in every PDF)."""
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=dpi, bbox_inches="tight")
+    Path(out_pdf).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_pdf, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None})
 
 
 def _footnote(figure: Figure, text: str) -> None:
@@ -180,7 +184,8 @@ def energy_description(groups: pd.DataFrame) -> str:
             + " times the training time, PUE-adjusted.")
 
 
-def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, scale: int = 1) -> PlotResult:
+def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, scale: int = 1,
+          dpi: int = DPI) -> PlotResult:
     """One polygon per setting over P_T, E, memory and T, normalised so that larger is better on every axis.
 
     Accuracy is divided by the best setting's accuracy; each cost is the lowest setting's cost divided by this
@@ -270,7 +275,7 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
             + coincidence_note(coinciding, "on every axis"),
         )
         figure.subplots_adjust(bottom=0.2)
-        _save(figure, out_png, out_pdf)
+        _save(figure, out_png, out_pdf, dpi)
     return PlotResult(figure, axes, data)
 
 
@@ -279,7 +284,7 @@ def radar(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf, sca
 
 
 def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_pdf,
-                 settings: list[str] | None = None) -> PlotResult:
+                 settings: list[str] | None = None, dpi: int = DPI) -> PlotResult:
     """Test accuracy against the downsampling factor S (log2 axis), one line per setting.
 
     The line joins the per-scale means in order of S, as measured; the band is mean ± sample std over seeds
@@ -353,7 +358,7 @@ def downsampling(summary: pd.DataFrame, dataset: str, model: str, out_png, out_p
             "the measured S. " + coincidence_note(coinciding, "at every S"),
         )
         figure.subplots_adjust(bottom=0.22)
-        _save(figure, out_png, out_pdf)
+        _save(figure, out_png, out_pdf, dpi)
     data = pd.concat(plotted, ignore_index=True) if plotted else pd.DataFrame()
     return PlotResult(figure, axes, data)
 
@@ -375,7 +380,7 @@ def accuracy_cost_staircase(cost: np.ndarray, accuracy: np.ndarray) -> tuple[np.
     return np.array(front_x), np.array(front_y)
 
 
-def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
+def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf, dpi: int = DPI) -> PlotResult:
     """Accuracy against energy (or training time when energy is missing), marker area for peak memory.
 
     Filled markers: non-dominated on all four objectives (accuracy, energy/time, memory, inference time);
@@ -462,5 +467,5 @@ def pareto_scatter(front_df: pd.DataFrame, out_png, out_pdf) -> PlotResult:
             ) + "."
         _footnote(figure, note)
         figure.subplots_adjust(bottom=0.2)
-        _save(figure, out_png, out_pdf)
+        _save(figure, out_png, out_pdf, dpi)
     return PlotResult(figure, axes, plottable)
