@@ -1,13 +1,19 @@
 """CPU deployment figures of a trained checkpoint: real timing of a real (tiny) trained model."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from leanmed.deploy import (DEPLOYMENT_COLUMNS, CheckpointMissing, deployment_caption, deployment_frame,
-                            deployment_record, deployment_table)
+from leanmed.deploy import CheckpointMissing, deployment_record
+from leanmed.report.deployment import DEPLOYMENT_COLUMNS, deployment_caption, deployment_frame, deployment_table
 from leanmed.report.tables import to_markdown
 from leanmed.train.job import TrainConfig, run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_split(root, n_per_split=8, size=16):
@@ -68,3 +74,12 @@ def test_deployment_record_times_the_trained_checkpoint_on_cpu(tmp_path):
     (out_dir / "best.pt").unlink()
     with pytest.raises(CheckpointMissing, match=r"best\.pt is missing, yet .*metrics\.json reports best epoch"):
         deployment_record(run_spec, runs_root, split_csv)
+
+
+def test_the_report_rules_do_not_import_torch():
+    """The report's jobs (tables, figures, statistics, the deployment table's merge) read CSV files: importing torch
+    cost each job 2.5-3 s of its start on 2 CPU cores (the merge imported leanmed.deploy, which measures)."""
+    modules = sorted(f"leanmed.report.{path.stem}" for path in (REPO / "src/leanmed/report").glob("*.py"))
+    script = f"import importlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\nprint('torch' in sys.modules)"
+    printed = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert len(modules) > 10 and printed.split() == ["False"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from leanmed.deploy import deployment_caption, deployment_table
+from leanmed.report.deployment import deployment_caption, deployment_table
 from leanmed.report.tables import write_tables
 
 table = deployment_table(snakemake.input.tables)

@@ -3,7 +3,8 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from leanmed.deploy import deployment_frame, deployment_record
+from leanmed.deploy import deployment_record
+from leanmed.report.deployment import deployment_frame
 
 records = [
     deployment_record(
