@@ -58,6 +58,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/data_loading.py
 	$(BIN)/python benchmarks/dicom_to_png.py
 	$(BIN)/python benchmarks/dag_build.py
+	$(BIN)/python benchmarks/checkpoint_cost.py --dir results/benchmarks
 	$(BIN)/python benchmarks/gpu_settings.py
 
 clean-demo:

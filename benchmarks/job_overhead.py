@@ -114,6 +114,7 @@ def _child(spec: dict) -> None:
     patch(job, "build_model", "model_build")
     patch(job, "build_optimizer", "optimizer")
     patch(job, "_save_epoch", "checkpoints")
+    patch(job, "save_atomically", "checkpoints")  # since the last.pt schedule (no _save_epoch)
     patch(job, "load_checkpoint", "test_eval")
     in_test = {"on": False}
     patch(loop, "train_one_epoch", "epochs")

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 from leanmed.data.png import write_png
 from leanmed.synthetic import write_split
 from leanmed.train import loop, record
-from leanmed.train.checkpoint import stop_under
+from leanmed.train.checkpoint import LastCheckpointSchedule, stop_under
 from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
 from leanmed.train.record import validate_metrics
 
@@ -110,7 +111,9 @@ def test_sigterm_then_rerun_resumes_to_the_same_metrics(split_csv, tmp_path):
 
     interrupted_dir = tmp_path / "interrupted"
     with pytest.raises(TrainingInterrupted) as raised:
-        run(config(split_csv, interrupted_dir, setting="8bit", max_epochs=5), on_epoch_end=terminate_after_epoch_2)
+        # An hour between last.pt writes: SIGTERM writes it anyway, after the epoch it ends.
+        run(config(split_csv, interrupted_dir, setting="8bit", max_epochs=5, checkpoint_interval_s=3600),
+            on_epoch_end=terminate_after_epoch_2)
     assert raised.value.code == 143
     assert not (interrupted_dir / "metrics.json").exists()
     checkpoint = torch.load(interrupted_dir / "last.pt", weights_only=True)
@@ -119,10 +122,55 @@ def test_sigterm_then_rerun_resumes_to_the_same_metrics(split_csv, tmp_path):
                 "epochs_without_improvement", "rng_states", "elapsed", "model", "image_size", "input_size", "setting"):
         assert key in checkpoint
 
-    resumed = run(config(split_csv, interrupted_dir, setting="8bit", max_epochs=5))
+    resumed = run(config(split_csv, interrupted_dir, setting="8bit", max_epochs=5, checkpoint_interval_s=3600))
     assert resumed["training"]["resumed"] is True and uninterrupted["training"]["resumed"] is False
     assert stable_part(resumed) == stable_part(uninterrupted)
     assert (interrupted_dir / "predictions.csv").read_text() == (tmp_path / "full" / "predictions.csv").read_text()
+
+
+class JobKilled(Exception):
+    """Stands for a kill without SIGTERM (SIGKILL, a node failure): the job ends wherever it is."""
+
+
+def test_last_pt_is_written_as_often_as_the_interval_says_and_a_killed_job_resumes_to_the_same_metrics(
+        split_csv, tmp_path):
+    uninterrupted = run(config(split_csv, tmp_path / "full", max_epochs=5, checkpoint_interval_s=0))
+    last_pt = tmp_path / "killed" / "last.pt"
+    last_pt_epochs = {}  # epoch -> the epoch last.pt held when that epoch ended (None: no last.pt yet)
+
+    def slow_second_epoch_then_kill_in_the_third(epoch):
+        last_pt_epochs[epoch] = torch.load(last_pt, weights_only=True)["epoch"] if last_pt.exists() else None
+        if epoch == 2:
+            time.sleep(2.1)  # the interval passes: last.pt is written after this epoch
+        if epoch == 3:
+            raise JobKilled
+
+    with pytest.raises(JobKilled):
+        run(config(split_csv, tmp_path / "killed", max_epochs=5, checkpoint_interval_s=2.0),
+            on_epoch_end=slow_second_epoch_then_kill_in_the_third)
+    # Not after epoch 1 (the interval had not passed), after epoch 2, not after epoch 3 (killed first).
+    assert last_pt_epochs == {1: None, 2: None, 3: 2}
+    assert len(epoch_rows(tmp_path / "killed")) == 3 and torch.load(last_pt, weights_only=True)["epoch"] == 2
+
+    resumed = run(config(split_csv, tmp_path / "killed", max_epochs=5, checkpoint_interval_s=2.0))
+    assert resumed["training"]["resumed"] is True
+    assert stable_part(resumed) == stable_part(uninterrupted)
+    assert (tmp_path / "killed" / "predictions.csv").read_text() == (tmp_path / "full" / "predictions.csv").read_text()
+    # The finished job wrote its last state, whatever the interval: a rerun only re-evaluates it.
+    assert torch.load(last_pt, weights_only=True)["epoch"] == 5
+
+
+def test_the_last_checkpoint_schedule():
+    now = [0.0]
+    schedule = LastCheckpointSchedule(60, clock=lambda: now[0])
+    now[0] = 59.9
+    assert not schedule.due() and schedule.due(forced=True)
+    now[0] = 60.0
+    assert schedule.due()
+    schedule.written(epoch=3)
+    now[0] = 119.0
+    assert not schedule.due() and schedule.epoch == 3
+    assert LastCheckpointSchedule(0, clock=lambda: now[0]).due()
 
 
 def test_a_checkpoint_of_another_configuration_is_not_resumed_the_job_starts_over(split_csv, tmp_path):

@@ -349,14 +349,16 @@ def test_a_configuration_that_changes_nothing_for_the_studys_jobs_reruns_nothing
     another order, or repeating a default of config.yaml (which moves that key ahead in the merged config), reran
     every job and, in demo mode, generated the data again (real rerun, before leanmed.study.canonical_config). And
     `downsampling.mode` retrained every run at S = 1, whose images both modes use as they are (real rerun, before
-    leanmed.study.downsample_mode_at). All of it at once, on a study of S = 1 runs: no file changes."""
+    leanmed.study.downsample_mode_at). `training.checkpoint_interval_s`, how often a job writes last.pt, changes no
+    result. All of it at once, on a study of S = 1 runs: no file changes."""
     study = copy_of(fp32_study, tmp_path / "study")
     before = every_file(study.workdir)
     defaults = yaml.safe_load((study.workdir / "config.yaml").read_text())
     repeated = {"report": {"non_inferiority_margin": defaults["report"]["non_inferiority_margin"]},
                 "dicom": {"png_bits": defaults["dicom"]["png_bits"]}}
     assert defaults["downsampling"]["mode"] == "smaller_input"
-    changed = deep_merge(study.config, {**repeated, "downsampling": {"mode": "pooled_upsampled"}})
+    changed = deep_merge(study.config, {**repeated, "downsampling": {"mode": "pooled_upsampled"},
+                                        "training": {"checkpoint_interval_s": 0}})
     study.config = reversed_keys(changed)
     assert list(study.config) == list(reversed(list(changed)))
     study.run()
@@ -567,12 +569,14 @@ def test_a_smaller_study_leaves_a_clean_runs_report_and_what_it_dropped_comes_ba
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    """Killed after its last.pt (written every 0.3 s, training.checkpoint_interval_s) fell behind by an epoch or more:
+    the rerun resumes from it, trains those epochs again and ends as an uninterrupted run."""
     # A small CNN on 128 patches: epochs of a tenth of a second or more, so the kill lands mid-training.
     config = deep_merge(STUDY, {
         "demo": {"lidc": {"patients": 16, "patches_per_patient": 8}},
         "datasets": {"lidc": {"models": ["test_resnet"]}},
         "settings": ["fp32"],
-        "training": {"max_epochs": 25, "patience": 25, "lr": 1.0e-4},
+        "training": {"max_epochs": 25, "patience": 25, "lr": 1.0e-4, "checkpoint_interval_s": 0.3},
     })
     del config["datasets"]["rsna"]
     run_dir = Path("results/runs/lidc/test_resnet/fp32/s1/seed1")
@@ -589,18 +593,22 @@ def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_ru
         [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "study.yaml"],
         cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    epochs_csv = killed / run_dir / "epochs.csv"
+    epochs_csv, last_pt = killed / run_dir / "epochs.csv", killed / run_dir / "last.pt"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if epochs_csv.exists() and len(epochs_csv.read_text().splitlines()) >= 3:  # header + 2 epochs done
-            break
-        time.sleep(0.05)
+        if last_pt.exists():
+            os.killpg(process.pid, signal.SIGSTOP)  # frozen, the files can be read without a race
+            last_epoch = torch.load(last_pt, weights_only=True)["epoch"]
+            if len(epochs_csv.read_text().splitlines()) - 1 > last_epoch:  # trained past its last.pt
+                break
+            os.killpg(process.pid, signal.SIGCONT)
+        time.sleep(0.02)
     assert process.poll() is None, "the study ended before the kill"
     os.killpg(process.pid, signal.SIGKILL)  # Snakemake and the training job, as a node failure would
     process.wait()
     assert not (killed / target).exists()
     finished_epochs = len(epochs_csv.read_text().splitlines()) - 1
-    assert 2 <= finished_epochs < 25
+    assert 1 <= last_epoch < finished_epochs < 25
 
     # As after a power loss: release Snakemake's lock, then rerun unchanged (rerun-incomplete is in the profile).
     snakemake_patched(killed, "--unlock", "--configfile", "study.yaml", check=True)
@@ -608,6 +616,8 @@ def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_ru
     resumed = json.loads((killed / target).read_text())
     reference = json.loads((uninterrupted / target).read_text())
     assert resumed["training"]["resumed"] is True
+    log = (killed / "logs/runs/lidc/test_resnet/fp32/s1/seed1.log").read_text()
+    assert f"resumed from epoch {last_epoch}" in log
     assert stable(resumed) == stable(reference)
     assert (killed / run_dir / "predictions.csv").read_text() == (uninterrupted / run_dir / "predictions.csv").read_text()
 

@@ -19,6 +19,8 @@ run(
         split_csv=snakemake.input.split,
         out_dir=snakemake.params.out_dir,
         threads=snakemake.threads,
+        # Not a param: how often last.pt is written changes no result, and a changed param reruns every training job.
+        checkpoint_interval_s=snakemake.config["training"]["checkpoint_interval_s"],
         **snakemake.params.run,
     )
 )

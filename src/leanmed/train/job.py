@@ -49,6 +49,7 @@ from leanmed.train import loop
 from leanmed.train.carbontracker_setup import prefetch_cpu_info
 from leanmed.train.checkpoint import (
     JobState,
+    LastCheckpointSchedule,
     checkpoint_for_resume,
     checkpoint_payload,
     job_fingerprint,
@@ -113,7 +114,11 @@ class TrainConfig:
     carbontracker uses (None: its world average). tuned_step: the step's speed options channels_last,
     cudnn.benchmark and fused torch Adam where they apply (False: the paper's eager step); compile: torch.compile the
     model for the training and validation passes (the test evaluation and inference timing run it uncompiled). See
-    leanmed.train.settings.
+    leanmed.train.settings. checkpoint_interval_s: how often last.pt (weights, optimiser and RNG states, history) is
+    written: after the first epoch that ends this many seconds after the training loop started or last.pt was last
+    written, and always when training ends or SIGTERM stops it (0: after every epoch). It changes no result: a job
+    killed otherwise resumes from the last.pt it wrote and trains the epochs since again, to the same weights on CPU
+    (leanmed.train.checkpoint.LastCheckpointSchedule says what it saves).
     """
 
     split_csv: str
@@ -141,11 +146,13 @@ class TrainConfig:
     inference_budget_s: float = 1.0
     tuned_step: bool = False
     compile: bool = False
+    checkpoint_interval_s: float = 0.0
 
 
 
 class TrainingInterrupted(SystemExit):
-    """The job stopped on SIGTERM; ``last.pt`` holds the last finished epoch. Exit code 143."""
+    """The job stopped on SIGTERM: between epochs, after writing last.pt; during one, leaving the last.pt written before
+    (see LastCheckpointSchedule). Exit code 143."""
 
     def __init__(self, message: str):
         super().__init__(INTERRUPTED_EXIT_CODE)
@@ -163,7 +170,8 @@ class TrainingInterrupted(SystemExit):
 def run(cfg: TrainConfig, on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Run the job described by ``cfg`` (resuming from ``last.pt`` when present) and return metrics.json's content.
 
-    ``on_epoch_end(epoch)`` is called after each finished epoch's checkpoints are written (tests use it to interrupt).
+    ``on_epoch_end(epoch)`` is called after each finished epoch, its best.pt and epochs.csv written and before last.pt
+    is (tests use it to interrupt).
     Raises TrainingInterrupted on SIGTERM; returns normally for completed and diverged runs.
     """
     out_dir = Path(cfg.out_dir)
@@ -228,19 +236,30 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
     energy_train = EnergyMeter("train", out_dir / "energy" / "train", device, enabled=cfg.energy,
                                epochs=max(epochs_left, 1), country=cfg.energy_country)
     if epochs_left:
+        def payload(full: bool) -> dict:
+            return checkpoint_payload(cfg, state, model, optimizer, scaler, input_size, fingerprint, full=full)
+
+        last_checkpoints = LastCheckpointSchedule(cfg.checkpoint_interval_s, epoch=state.epoch)
         memory = PeakMemoryMeter(device)
         state.memory_kind = memory.kind
         try:
             with memory:
                 while not (state.early_stopped or state.diverged) and state.epoch < cfg.max_epochs:
                     _train_epoch(cfg, state, step_model, optimizer, scaler, resolved, loaders, energy_train, memory,
-                                 stop)
+                                 stop, last_checkpoints.epoch)
                     logger.info("%s", epoch_line(state, cfg))
                     if gradients_measured is None:
                         gradients_measured = gradient_bytes(model)
-                    _save_epoch(cfg, state, model, optimizer, scaler, input_size, fingerprint, last_path, best_path)
+                    if state.best_epoch == state.epoch and not state.diverged:
+                        save_atomically(payload(full=False), best_path)
+                    # epochs.csv after every epoch, so progress can be watched while the job runs
+                    write_csv(out_dir / "epochs.csv", EPOCH_COLUMNS, state.history)
                     if on_epoch_end is not None:
                         on_epoch_end(state.epoch)
+                    ended = state.early_stopped or state.diverged or state.epoch >= cfg.max_epochs
+                    if last_checkpoints.due(ended or stop.requested.is_set()):
+                        save_atomically(payload(full=True), last_path)
+                        last_checkpoints.written(state.epoch)
                     if stop.requested.is_set():
                         raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch}: {last_path} holds it")
         finally:
@@ -272,21 +291,23 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
     return metrics
 
 
-def _train_epoch(cfg, state, model, optimizer, scaler, resolved, loaders, energy_train, memory, stop) -> None:
-    """Train and validate one epoch; update ``state`` (history, best, patience, divergence)."""
+def _train_epoch(cfg, state, model, optimizer, scaler, resolved, loaders, energy_train, memory, stop,
+                 saved_epoch: int) -> None:
+    """Train and validate one epoch; update ``state`` (history, best, patience, divergence). ``saved_epoch``: the epoch
+    last.pt holds, which a SIGTERM during the epoch leaves to resume from."""
     epoch = state.epoch + 1
     reseed_shuffle(loaders["train"], epoch_seed(cfg.seed, epoch))
     energy_train.epoch_start()
     trained = loop.train_one_epoch(model, loaders["train"], optimizer, scaler, resolved, stop.requested.is_set)
     if trained.interrupted:
         energy_train.epoch_end()
-        raise TrainingInterrupted(f"SIGTERM during epoch {epoch}; last.pt holds epoch {state.epoch}")
+        raise TrainingInterrupted(f"SIGTERM during epoch {epoch}; last.pt holds epoch {saved_epoch}")
     validated = None
     if not trained.diverged:
         validated = loop.evaluate(model, loaders["val"], resolved, stop.requested.is_set)
         if validated.interrupted:
             energy_train.epoch_end()
-            raise TrainingInterrupted(f"SIGTERM during validation of epoch {epoch}; last.pt holds epoch {state.epoch}")
+            raise TrainingInterrupted(f"SIGTERM during validation of epoch {epoch}; last.pt holds epoch {saved_epoch}")
     energy_train.epoch_end()
 
     row = {
@@ -326,17 +347,6 @@ def _train_epoch(cfg, state, model, optimizer, scaler, resolved, loaders, energy
 def _max_or_none(*values):
     present = [value for value in values if value is not None]
     return max(present) if present else None
-
-
-def _save_epoch(cfg, state, model, optimizer, scaler, input_size, fingerprint, last_path, best_path) -> None:
-    def payload(full: bool) -> dict:
-        return checkpoint_payload(cfg, state, model, optimizer, scaler, input_size, fingerprint, full=full)
-
-    if state.best_epoch == state.epoch and not state.diverged:
-        save_atomically(payload(full=False), best_path)
-    save_atomically(payload(full=True), last_path)
-    # epochs.csv follows the checkpoint, so progress can be watched while the job runs
-    write_csv(last_path.parent / "epochs.csv", EPOCH_COLUMNS, state.history)
 
 
 def _test_and_time(cfg, state, model, resolved, test_dataset, test_loader, best_path, out_dir, device, stop,
