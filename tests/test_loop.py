@@ -160,6 +160,33 @@ def test_last_pt_is_written_as_often_as_the_interval_says_and_a_killed_job_resum
     assert torch.load(last_pt, weights_only=True)["epoch"] == 5
 
 
+def test_sigterm_during_an_epoch_leaves_the_last_pt_written_before_and_the_rerun_ends_alike(
+        split_csv, tmp_path, monkeypatch):
+    uninterrupted = run(config(split_csv, tmp_path / "full", max_epochs=4, checkpoint_interval_s=0))
+    real_train_one_epoch, epochs_started = loop.train_one_epoch, []
+
+    def sigterm_in_the_third_epoch(*args, **kwargs):
+        epochs_started.append(len(epochs_started) + 1)
+        if len(epochs_started) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # seen between the epoch's batches
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", sigterm_in_the_third_epoch)
+    interrupted_dir = tmp_path / "interrupted"
+    with pytest.raises(TrainingInterrupted) as raised:
+        run(config(split_csv, interrupted_dir, max_epochs=4, checkpoint_interval_s=1.0),
+            on_epoch_end=lambda epoch: time.sleep(1.1) if epoch == 1 else None)  # last.pt after epoch 1 only
+    assert str(raised.value) == "SIGTERM during epoch 3; last.pt holds epoch 1"
+    assert torch.load(interrupted_dir / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(epoch_rows(interrupted_dir)) == 2
+
+    monkeypatch.undo()
+    resumed = run(config(split_csv, interrupted_dir, max_epochs=4, checkpoint_interval_s=1.0))
+    assert resumed["training"]["resumed"] is True
+    assert stable_part(resumed) == stable_part(uninterrupted)
+    assert (interrupted_dir / "predictions.csv").read_text() == (tmp_path / "full" / "predictions.csv").read_text()
+
+
 def test_the_last_checkpoint_schedule():
     now = [0.0]
     schedule = LastCheckpointSchedule(60, clock=lambda: now[0])

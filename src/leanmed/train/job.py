@@ -301,13 +301,13 @@ def _train_epoch(cfg, state, model, optimizer, scaler, resolved, loaders, energy
     trained = loop.train_one_epoch(model, loaders["train"], optimizer, scaler, resolved, stop.requested.is_set)
     if trained.interrupted:
         energy_train.epoch_end()
-        raise TrainingInterrupted(f"SIGTERM during epoch {epoch}; last.pt holds epoch {saved_epoch}")
+        raise TrainingInterrupted(f"SIGTERM during epoch {epoch}; {_resumes_from(saved_epoch)}")
     validated = None
     if not trained.diverged:
         validated = loop.evaluate(model, loaders["val"], resolved, stop.requested.is_set)
         if validated.interrupted:
             energy_train.epoch_end()
-            raise TrainingInterrupted(f"SIGTERM during validation of epoch {epoch}; last.pt holds epoch {saved_epoch}")
+            raise TrainingInterrupted(f"SIGTERM during validation of epoch {epoch}; {_resumes_from(saved_epoch)}")
     energy_train.epoch_end()
 
     row = {
@@ -342,6 +342,10 @@ def _train_epoch(cfg, state, model, optimizer, scaler, resolved, loaders, energy
     running_peak = memory.current_peak()
     state.train_peak_bytes = _max_or_none(state.train_peak_bytes, running_peak[0])
     state.train_peak_reserved_bytes = _max_or_none(state.train_peak_reserved_bytes, running_peak[1])
+
+
+def _resumes_from(saved_epoch: int) -> str:
+    return f"last.pt holds epoch {saved_epoch}" if saved_epoch else "no last.pt yet: a rerun trains from the start"
 
 
 def _max_or_none(*values):
