@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issue 11): the GPU check study end to end, the tuned-step comparison against a bare tuned
-# loop, a training job's fixed cost, and the GPU claim + NVML handle on a real GPU. Each step has its own time limit,
-# so the whole session stays under about 9.5 minutes; everything it prints lands in OUT_DIR (8 files).
+# loop, a training job's fixed cost, the GPU claim + NVML handle on a real GPU and the cost of writing last.pt. Each
+# step has its own time limit, so the whole session stays under about 10 minutes; everything it prints lands in OUT_DIR
+# (9 files).
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR          (on a GPU machine with leanmed's dependencies importable;
 #                                                     on the project's lent H200/H100: bash .gpu-bundle/on_device.sh ...)
@@ -58,4 +59,10 @@ print(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdou
 print("same GPU:", str(nvml_uuid).endswith(uuid))
 PY
 log "claim: exit $?"
+
+# 5. What writing last.pt costs on this machine's disk (ViT-B/32+: 1.4 GB with Adam state), for the checkpoint interval.
+log "checkpoint_cost: start"
+timeout 45 python benchmarks/checkpoint_cost.py --models vit_base_patch32_plus_256 --settings fp32 8bit --repeats 2 \
+  --dir results/benchmarks > "$OUT/checkpoint_cost.txt" 2>&1
+log "checkpoint_cost: exit $?"
 log "done"

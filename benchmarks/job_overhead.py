@@ -14,12 +14,14 @@ import of a module goes through it) and attributed to the module's top-level pac
 old/new so machine noise hits both alike, and prints the ratio of the median fixed parts.
 
 Usage: python benchmarks/job_overhead.py [--rounds 3] [--model densenet121] [--image-size 64] [--epochs 2]
-       [--train 48 --val 16 --test 64] [--batch-size 32] [--inference-repeats 5] [--baseline REV] [--json OUT]
+       [--train 48 --val 16 --test 64] [--batch-size 32] [--inference-repeats 5] [--checkpoint-interval 60]
+       [--baseline REV] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -149,7 +151,9 @@ def _child(spec: dict) -> None:
         job._test_and_time = timed("other", test_and_time)
     run = timed("other", job.run)
     started = time.perf_counter()
-    run(job.TrainConfig(**spec["config"]))
+    # An older revision (--baseline) may lack an option: it runs without it, as that code did.
+    known = {field.name for field in dataclasses.fields(job.TrainConfig)}
+    run(job.TrainConfig(**{key: value for key, value in spec["config"].items() if key in known}))
     finished = time.time()
     add("run_total", time.perf_counter() - started)
     leaked = sorted(name for name in ("bitsandbytes", "carbontracker", "pandas", "matplotlib", "skimage", "scipy",
@@ -256,6 +260,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-energy", action="store_true")
+    parser.add_argument("--checkpoint-interval", type=float, default=60.0,
+                        help="training.checkpoint_interval_s (config.yaml's default 60; 0: last.pt every epoch)")
     parser.add_argument("--baseline", help="git revision to compare against (measured from a temporary worktree)")
     parser.add_argument("--json", help="write the per-round figures here")
     args = parser.parse_args()
@@ -270,7 +276,7 @@ def main() -> None:
         config = dict(split_csv=split_csv, dataset="bench", model=args.model, setting=args.setting, seed=1,
                       image_size=args.image_size, lr=1e-4, batch_size=args.batch_size, max_epochs=args.epochs,
                       patience=args.epochs + 1, energy=not args.no_energy, inference_repeats=args.inference_repeats,
-                      threads=args.threads, device=args.device)
+                      threads=args.threads, device=args.device, checkpoint_interval_s=args.checkpoint_interval)
         sources = {"current": ROOT / "src"}
         worktree = None
         if args.baseline:
