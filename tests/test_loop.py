@@ -187,6 +187,26 @@ def test_sigterm_during_an_epoch_leaves_the_last_pt_written_before_and_the_rerun
     assert (interrupted_dir / "predictions.csv").read_text() == (tmp_path / "full" / "predictions.csv").read_text()
 
 
+def test_a_run_resumed_with_another_thread_count_records_both_training_environments(split_csv, tmp_path):
+    """Its training time mixes two environments: metrics.json says each (provenance.training_environments), not only
+    the one it finished in."""
+    def terminate_after_epoch_1(epoch):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        run(config(split_csv, tmp_path, max_epochs=3, threads=1), on_epoch_end=terminate_after_epoch_1)
+    resumed = run(config(split_csv, tmp_path, max_epochs=3, threads=2))
+    trained_in = resumed["provenance"]["training_environments"]
+    assert [environment["torch_threads"] for environment in trained_in] == [1, 2]
+    assert {environment["device"] for environment in trained_in} == {"cpu"}
+    assert resumed["provenance"]["torch_threads"] == 2
+
+    again = run(config(split_csv, tmp_path, max_epochs=3, threads=1))  # finished: only re-evaluated, nothing trained
+    assert again["provenance"]["training_environments"] == trained_in
+    single = run(config(split_csv, tmp_path / "single", max_epochs=2, threads=1))
+    assert [environment["torch_threads"] for environment in single["provenance"]["training_environments"]] == [1]
+
+
 def test_the_last_checkpoint_schedule():
     now = [0.0]
     schedule = LastCheckpointSchedule(60, clock=lambda: now[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from leanmed.report import aggregate, environments, findings, pareto, tables
+from leanmed.report import aggregate, environments, findings, grouping, pareto, tables
 from test_report_tables import make_metrics, write_run
 
 H100 = "cuda (NVIDIA H100), torch 2.14.1, CUDA 12.8, bitsandbytes 0.50.2, timm 1.0.31"
@@ -96,3 +96,33 @@ def test_one_environment_keeps_the_papers_layout_and_is_named(tmp_path):
     assert list(table.columns) == list(tables.PAPER_TABLE_COLUMNS)
     assert f"Measured on: {H100}; training step" in table.attrs["caption"] and "MIXED" not in table.attrs["caption"]
     assert findings.OTHER_ENVIRONMENTS not in findings.findings_markdown(summary, [])
+
+
+def trained_in(device_name, torch_threads=None):
+    """A provenance.training_environments entry as leanmed.train.measure.measurement_environment writes it."""
+    return {"device": "cuda", "device_name": device_name, "torch_version": "2.14.1", "cuda_version": "12.8",
+            "cudnn_version": None, "bitsandbytes_version": "0.50.2", "timm_version": "1.0.31",
+            "torch_threads": torch_threads or 4}
+
+
+def test_a_run_resumed_on_another_gpu_names_both_and_its_group_is_mixed(tmp_path):
+    """A run requeued onto a cluster's other GPU partition trained part of its epochs on each GPU: its time, memory and
+    energy mix two GPUs. It used to report only the GPU it finished on, and its group one environment."""
+    runs = []
+    for seed in (1, 2):
+        runs.append(measured_on(make_metrics("rsna", "densenet121", "fp32", 1, seed, accuracy=0.7),
+                                training_environments=[trained_in("NVIDIA H100")]))
+    resumed = measured_on(make_metrics("rsna", "densenet121", "amp", 1, 1, accuracy=0.7),
+                          training_environments=[trained_in("NVIDIA A100-SXM4-80GB"), trained_in("NVIDIA H100")])
+    runs += [resumed, measured_on(make_metrics("rsna", "densenet121", "amp", 1, 2, accuracy=0.7),
+                                  training_environments=[trained_in("NVIDIA H100")])]
+    summary = summary_of(tmp_path, runs)
+
+    labels = [environments.run_environment(row) for _, row in summary.iterrows()]
+    assert labels.count(H100) == 3  # trained and tested on the H100: the label as before
+    assert f"training in {A100} then in {H100}, test and inference in {H100}" in labels
+    groups = grouping.group_summary(summary)
+    amp = groups[groups["setting"] == "amp"].iloc[0]
+    fp32 = groups[groups["setting"] == "fp32"].iloc[0]
+    assert not environments.same_environment(amp, fp32)
+    assert environments.describe_environments(groups).startswith("MIXED environments")

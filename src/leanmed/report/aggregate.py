@@ -108,6 +108,7 @@ METRIC_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("provenance", "python"), "python_version"),
     (("provenance", "git_revision"), "git_revision"),
     (("provenance", "config_hash"), "config_hash"),
+    (("provenance", "training_environments"), "training_environments"),
 )
 
 LEADING_COLUMNS = (*RUN_KEYS, "status", "status_reason", "diverged", "schema_version")
@@ -140,7 +141,10 @@ def run_dir(runs_root: str | Path, dataset: str, model: str, setting: str, scale
 
 
 def _leaf(value):
-    """A metrics.json leaf as one table cell: lists are joined because a cell holds one value."""
+    """A metrics.json leaf as one table cell: lists are joined because a cell holds one value; a list of records
+    (provenance.training_environments) as JSON, which leanmed.report.environments reads back."""
+    if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+        return json.dumps(value, sort_keys=True)
     if isinstance(value, list):
         return "+".join(str(item) for item in value)
     return value
@@ -285,7 +289,7 @@ def as_boolean(value):
 
 # Columns of text that pandas would read as numbers: CUDA "13.0" as 13.0 (printed "13"), a git revision of digits.
 TEXT_COLUMNS = ("device_name", "torch_version", "timm_version", "bitsandbytes_version", "cuda_version",
-                "python_version", "git_revision", "config_hash")
+                "python_version", "git_revision", "config_hash", "training_environments")
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:

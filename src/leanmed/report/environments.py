@@ -8,11 +8,13 @@ flag a comparison across environments as such (``describe_environments``, ``envi
 
 A run's environment (``run_environment``) is read from its metrics.json provenance: the device and its name, torch,
 CUDA and cuDNN (GPU runs), bitsandbytes, timm, and the CPU threads (CPU runs). The host is left out: two identical
-GPUs in two nodes are one environment. A run resumed in another environment reports the one it finished in.
+GPUs in two nodes are one environment. A run resumed in another environment names each (its metrics.json
+``provenance.training_environments``): it is an environment of its own, so a group holding it is MIXED.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 
@@ -38,7 +40,25 @@ def _whole(value) -> str:
 def run_environment(run: Mapping) -> str:
     """One run's environment as a label, from its summary.csv row: "cuda (NVIDIA H200), torch 2.11.0+cu130,
     CUDA 13.0, cuDNN 91002, bitsandbytes 0.50.2, timm 1.0.22" or "cpu (AMD EPYC 7B13), 2 CPU threads, torch ...".
-    UNKNOWN_ENVIRONMENT when the row records none of it."""
+    A run whose epochs were trained in another environment than its test and inference were measured in, or in
+    several (resumed elsewhere: column ``training_environments``), says each: "training in A then in B, test and
+    inference in C". UNKNOWN_ENVIRONMENT when the row records none of it."""
+    measured_in = _environment_label(run)
+    trained_in = list(dict.fromkeys(_environment_label(environment) for environment in _training_environments(run)))
+    if not trained_in or trained_in == [measured_in]:
+        return measured_in
+    return "training in " + " then in ".join(trained_in) + f", test and inference in {measured_in}"
+
+
+def _training_environments(run: Mapping) -> list[dict]:
+    cell = run.get("training_environments")
+    if not _present(cell):
+        return []
+    environments = json.loads(cell) if isinstance(cell, str) else cell
+    return [environment for environment in environments if isinstance(environment, Mapping)]
+
+
+def _environment_label(run: Mapping) -> str:
     device, name = run.get("device"), run.get("device_name")
     parts = []
     if _present(device):

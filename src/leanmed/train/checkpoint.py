@@ -69,6 +69,8 @@ class JobState:
     train_peak_bytes: int | None = None
     train_peak_reserved_bytes: int | None = None
     memory_kind: str | None = None
+    # measurement_environment of each process that trained epochs, in order, repeats merged
+    training_environments: list[dict] = field(default_factory=list)
 
     @property
     def train_seconds(self) -> float:
@@ -156,6 +158,7 @@ def checkpoint_payload(
         "train_peak_bytes": state.train_peak_bytes,
         "train_peak_reserved_bytes": state.train_peak_reserved_bytes,
         "memory_kind": state.memory_kind,
+        "training_environments": [dict(environment) for environment in state.training_environments],
         "fingerprint": fingerprint,
     }
 
@@ -252,6 +255,7 @@ def resume_state(checkpoint: dict, model, optimizer, scaler) -> JobState:
         train_peak_bytes=checkpoint.get("train_peak_bytes"),
         train_peak_reserved_bytes=checkpoint.get("train_peak_reserved_bytes"),
         memory_kind=checkpoint.get("memory_kind"),
+        training_environments=[dict(environment) for environment in checkpoint.get("training_environments", [])],
     )
 
 

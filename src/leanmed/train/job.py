@@ -64,6 +64,7 @@ from leanmed.train.loop import Determinism, StopOnSigterm, epoch_seed, seed_ever
 from leanmed.train.measure import (
     PeakMemoryMeter,
     gradient_bytes,
+    measurement_environment,
     optimizer_state_bytes,
     release_training_state,
     time_inference,
@@ -240,6 +241,9 @@ def _run(cfg, out_dir: Path, device: str, resolved: ResolvedSetting, stop: StopO
             return checkpoint_payload(cfg, state, model, optimizer, scaler, input_size, fingerprint, full=full)
 
         last_checkpoints = LastCheckpointSchedule(cfg.checkpoint_interval_s, epoch=state.epoch)
+        environment = measurement_environment(device)  # where this process's epochs are measured
+        if state.training_environments[-1:] != [environment]:
+            state.training_environments.append(environment)
         memory = PeakMemoryMeter(device)
         state.memory_kind = memory.kind
         try:

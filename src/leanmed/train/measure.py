@@ -306,9 +306,29 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def provenance(config_hash: str, device: str | torch.device) -> dict:
+def measurement_environment(device: str | torch.device) -> dict:
+    """What this process's time, memory and energy figures depend on, under the names summary.csv gives them
+    (leanmed.report.environments labels it): the device and its name, torch, CUDA and cuDNN (GPU only), bitsandbytes,
+    timm, and torch's CPU threads."""
+    on_cuda = torch.device(device).type == "cuda"
+    return {
+        "device": torch.device(device).type,
+        "device_name": device_name(device),
+        "torch_version": str(torch.__version__),  # a str subclass torch.load(weights_only=True) refuses
+        "cuda_version": torch.version.cuda if on_cuda else None,
+        "cudnn_version": torch.backends.cudnn.version() if on_cuda else None,
+        "bitsandbytes_version": _package_version("bitsandbytes"),
+        "timm_version": _package_version("timm"),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def provenance(config_hash: str, device: str | torch.device, training_environments: list[dict] | None = None) -> dict:
     """The "provenance" block: where and with what the job ran. ``cuda`` is the CUDA version torch was built with,
-    given only when the job ran on a GPU (None on CPU)."""
+    given only when the job ran on a GPU (None on CPU). ``training_environments``: the ``measurement_environment`` of
+    each process that trained epochs of the run, in order, repeats merged (one entry unless the run was resumed
+    elsewhere: another GPU model, torch or thread count); the rest of the block is this process's, which measured the
+    test and inference figures."""
     import leanmed
 
     revision, dirty = git_revision()
@@ -330,6 +350,7 @@ def provenance(config_hash: str, device: str | torch.device) -> dict:
         "git_dirty": dirty,
         "config_hash": config_hash,
         "gpu_claim": _gpu_claim(),
+        "training_environments": list(training_environments or []),
     }
 
 

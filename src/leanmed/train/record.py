@@ -131,6 +131,10 @@ DEFINITIONS = {
     "inputs": "what the job read, by content: sha256 of split.csv and one sha256 over every listed image's path and "
               "PNG bytes; a last.pt is resumed only when these, the job's options and the code match",
     "provenance.cuda": "CUDA version torch was built with, when the job ran on a GPU",
+    "provenance.training_environments": "where the training epochs were measured: device, its name, torch, CUDA, "
+                                        "cuDNN, bitsandbytes, timm and torch threads of each process that trained "
+                                        "epochs, in order, repeats merged; the rest of provenance is the process that "
+                                        "measured test and inference",
     "provenance.git_revision": "commit of the leanmed checkout that ran (null outside git); git_dirty: uncommitted "
                                "changes to tracked files",
 }
@@ -213,7 +217,7 @@ def metrics_record(cfg, state, resolved, model, input_size, test_block, memory_b
             "inference": energy_inference,
         },
         "inputs": inputs,
-        "provenance": provenance(cfg.config_hash, resolved.device),
+        "provenance": provenance(cfg.config_hash, resolved.device, state.training_environments),
         "definitions": dict(DEFINITIONS),
     }
 
