@@ -17,6 +17,8 @@ from PIL import Image
 
 from leanmed.data.png import write_png
 from leanmed.synthetic import write_split
+from leanmed.report.aggregate import flatten_metrics
+from leanmed.report.environments import run_environment
 from leanmed.train import loop, record
 from leanmed.train.checkpoint import LastCheckpointSchedule, stop_under
 from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
@@ -205,6 +207,15 @@ def test_a_run_resumed_with_another_thread_count_records_both_training_environme
     assert again["provenance"]["training_environments"] == trained_in
     single = run(config(split_csv, tmp_path / "single", max_epochs=2, threads=1))
     assert [environment["torch_threads"] for environment in single["provenance"]["training_environments"]] == [1]
+    # As the report reads them: one environment for the run trained and tested in one process, both for the other.
+    assert run_environment(flatten_metrics(single)) == run_environment(flatten_metrics(metrics_in_one(single)))
+    assert "training in" not in run_environment(flatten_metrics(single))
+    assert run_environment(flatten_metrics(resumed)).startswith("training in cpu (")
+
+
+def metrics_in_one(metrics):
+    """metrics.json as one process of its environment would have written it: no separate training environments."""
+    return {**metrics, "provenance": {**metrics["provenance"], "training_environments": []}}
 
 
 def test_the_last_checkpoint_schedule():

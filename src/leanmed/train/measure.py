@@ -312,7 +312,7 @@ def measurement_environment(device: str | torch.device) -> dict:
     timm, and torch's CPU threads."""
     on_cuda = torch.device(device).type == "cuda"
     return {
-        "device": torch.device(device).type,
+        "device": str(device),  # as the setting block records it (summary.csv's column device)
         "device_name": device_name(device),
         "torch_version": str(torch.__version__),  # a str subclass torch.load(weights_only=True) refuses
         "cuda_version": torch.version.cuda if on_cuda else None,
