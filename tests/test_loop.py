@@ -104,18 +104,22 @@ def test_same_job_twice_gives_identical_results(split_csv, tmp_path):
     assert losses == [[row["train_loss"], row["val_loss"]] for row in epoch_rows(tmp_path / "b")]
 
 
+def sigterm_after_epoch(interrupted_epoch):
+    """An on_epoch_end that sends the job SIGTERM (as SLURM does) once that epoch has finished."""
+    def on_epoch_end(epoch):
+        if epoch == interrupted_epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return on_epoch_end
+
+
 def test_sigterm_then_rerun_resumes_to_the_same_metrics(split_csv, tmp_path):
     uninterrupted = run(config(split_csv, tmp_path / "full", setting="8bit", max_epochs=5))
-
-    def terminate_after_epoch_2(epoch):
-        if epoch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
 
     interrupted_dir = tmp_path / "interrupted"
     with pytest.raises(TrainingInterrupted) as raised:
         # An hour between last.pt writes: SIGTERM writes it anyway, after the epoch it ends.
         run(config(split_csv, interrupted_dir, setting="8bit", max_epochs=5, checkpoint_interval_s=3600),
-            on_epoch_end=terminate_after_epoch_2)
+            on_epoch_end=sigterm_after_epoch(2))
     assert raised.value.code == 143
     assert not (interrupted_dir / "metrics.json").exists()
     checkpoint = torch.load(interrupted_dir / "last.pt", weights_only=True)
@@ -192,11 +196,8 @@ def test_sigterm_during_an_epoch_leaves_the_last_pt_written_before_and_the_rerun
 def test_a_run_resumed_with_another_thread_count_records_both_training_environments(split_csv, tmp_path):
     """Its training time mixes two environments: metrics.json says each (provenance.training_environments), not only
     the one it finished in."""
-    def terminate_after_epoch_1(epoch):
-        os.kill(os.getpid(), signal.SIGTERM)
-
     with pytest.raises(TrainingInterrupted):
-        run(config(split_csv, tmp_path, max_epochs=3, threads=1), on_epoch_end=terminate_after_epoch_1)
+        run(config(split_csv, tmp_path, max_epochs=3, threads=1), on_epoch_end=sigterm_after_epoch(1))
     resumed = run(config(split_csv, tmp_path, max_epochs=3, threads=2))
     trained_in = resumed["provenance"]["training_environments"]
     assert [environment["torch_threads"] for environment in trained_in] == [1, 2]
@@ -590,11 +591,8 @@ def test_the_log_says_why_training_stopped_and_counts_the_epochs_since_the_best(
 def test_the_log_says_interrupted_resumed_and_started_over(split_csv, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="leanmed")
 
-    def terminate_after_epoch_1(epoch):
-        os.kill(os.getpid(), signal.SIGTERM)
-
     with pytest.raises(TrainingInterrupted):
-        run(config(split_csv, tmp_path, max_epochs=2), on_epoch_end=terminate_after_epoch_1)
+        run(config(split_csv, tmp_path, max_epochs=2), on_epoch_end=sigterm_after_epoch(1))
     [interrupted] = job_lines(caplog, "end ")
     assert "interrupted: SIGTERM after epoch 1" in interrupted and "a rerun resumes" in interrupted
 

@@ -14,8 +14,9 @@ content of metrics.json and the other files ``leanmed.train.record``. Behaviour 
   epoch e is drawn from a generator seeded with (seed, e). On CPU deterministic algorithms are switched on, so the same
   job twice gives the same losses, predictions and metrics (only timings, memory and energy differ).
 - Checkpoints: ``last.pt`` as often as ``cfg.checkpoint_interval_s`` says (``LastCheckpointSchedule``; always at the
-  end) and ``best.pt`` at every improvement, each written to a temporary file and renamed (atomic). ``best.pt`` holds the model weights and bookkeeping, without optimiser state (it is only
-  evaluated, and this halves the disk space of big models).
+  end) and ``best.pt`` at every improvement, each written to a temporary file and renamed (atomic). ``best.pt`` holds
+  the model weights and bookkeeping, without optimiser state (it is only evaluated, and this halves the disk space of
+  big models).
 - Resume: with ``last.pt`` present the job continues from it (model, optimiser, scaler, history, RNG states), and ends
   with the same metrics as an uninterrupted run. A ``last.pt`` of another configuration or other inputs is refused;
   under another stopping rule (patience, max_epochs) it is kept, continued or refused as its history says a run

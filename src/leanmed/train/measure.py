@@ -332,20 +332,20 @@ def provenance(config_hash: str, device: str | torch.device, training_environmen
     import leanmed
 
     revision, dirty = git_revision()
-    on_cuda = torch.device(device).type == "cuda"
+    here = measurement_environment(device)
     return {
         "host": socket.gethostname(),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "timm": _package_version("timm"),
-        "bitsandbytes": _package_version("bitsandbytes"),
+        "device_name": here["device_name"],
+        "torch": here["torch_version"],
+        "timm": here["timm_version"],
+        "bitsandbytes": here["bitsandbytes_version"],
         "carbontracker": _package_version("carbontracker"),
         "numpy": _package_version("numpy"),
-        "cuda": torch.version.cuda if on_cuda else None,
-        "cudnn": torch.backends.cudnn.version() if on_cuda else None,
+        "cuda": here["cuda_version"],
+        "cudnn": here["cudnn_version"],
         "python": sys.version.split()[0],
         "leanmed": leanmed.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": here["torch_threads"],
         "git_revision": revision,
         "git_dirty": dirty,
         "config_hash": config_hash,
