@@ -7,12 +7,10 @@ from leanmed.data.sources import shard_source_versions
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
 from leanmed.study import canonical_config, downsample_mode_at, studied_datasets
 from leanmed.study import training_runs as study_training_runs
+from leanmed.study.config_checks import MISSING_DATA_HELP, ConfigError, check_study_config
 from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_last_checkpoint
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
-from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
-from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
-from leanmed.data.splits import SplitError, validate_fractions
-from leanmed.train.registry import MODELS, is_known_model, model_definition, setting_definition
+from leanmed.train.registry import model_definition, setting_definition
 from leanmed.train.weights import cache_problem as weights_cache_problem
 from leanmed.train.weights import manifest_file as weights_manifest_file
 from leanmed.train.weights import set_aside as set_weights_aside
@@ -34,87 +32,14 @@ DATASETS = studied_datasets(config)  # those with models: an empty list leaves o
 
 
 # ---------------------------------------------------------------- config checks
-def unknown_model(key, model):
-    return WorkflowError(
-        f"config key {key}: unknown model {model!r}. "
-        f"Use a leanmed alias ({', '.join(MODELS)}) or a timm model name (timm.list_models())."
-    )
-
-
-def check_config():
-    """Fail before any job runs when the config names something leanmed does not know.
-
-    The schema checks keys and types; this checks what the schema cannot: model names (registry alias or
-    timm name), that downsampling runs refer to configured datasets, and that split fractions sum to 1.
-    """
-    for dataset, entry in config["datasets"].items():
-        for model in entry["models"]:
-            if not is_known_model(model):
-                raise unknown_model(f"datasets.{dataset}.models", model)
-    if not DATASETS:
-        raise WorkflowError(
-            "config key datasets: every dataset's models list is empty, so the study has nothing to train; "
-            "name at least one model (e.g. datasets.lidc.models: [densenet121])."
-        )
-    for index, run in enumerate(config["downsampling"]["runs"]):
-        if run["dataset"] not in DATASETS:
-            raise WorkflowError(
-                f"config key downsampling.runs[{index}].dataset: {run['dataset']!r} is not among the datasets "
-                f"of the study ({', '.join(DATASETS)}; a dataset with an empty models list is left out)."
-            )
-        if not is_known_model(run["model"]):
-            raise unknown_model(f"downsampling.runs[{index}].model", run["model"])
-    try:
-        validate_fractions(config["split"]["fractions"])
-    except SplitError as error:
-        raise WorkflowError(f"config key {error}") from None
-    for dataset, columns in config["split"]["stratify_by"].items():
-        known = stratification_columns(dataset)
-        unknown = [column for column in columns if column not in known]
-        if unknown:
-            raise WorkflowError(
-                f"config key split.stratify_by.{dataset}: no column {', '.join(unknown)} to stratify the split by; "
-                f"{dataset} has {', '.join(known)}."
-            )
-
-
-def stratification_columns(dataset):
-    """Columns a dataset's split can be stratified by: the RSNA cohort's (the Kaggle train.csv columns, and any
-    others the configured train.csv has), the LIDC labels'."""
-    if dataset == "lidc":
-        return list(LIDC_LABELS_CSV_COLUMNS)
-    train_csv = Path(config["data"]["rsna"]["train_csv"])
-    if not config["demo"]["enabled"] and train_csv.is_file():
-        return train_csv_columns(train_csv)
-    return list(KAGGLE_TRAIN_COLUMNS)
-
-
-check_config()
+# What the schema cannot check (model names, datasets, split, demo folder): before any job is planned.
+try:
+    check_study_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 # ---------------------------------------------------------------- raw data
-MISSING_DATA_HELP = {
-    "rsna": (
-        "RSNA screening mammography data not found at {path}.\n"
-        "Download the Kaggle competition data 'rsna-breast-cancer-detection' "
-        "(https://www.kaggle.com/competitions/rsna-breast-cancer-detection/data) and put train.csv at "
-        "config data.rsna.train_csv and the train_images/ folder at data.rsna.images_dir.\n"
-        "To try leanmed without it: `make demo` runs the whole study on generated data."
-    ),
-    "lidc": (
-        "LIDC-IDRI pickle not found at {path}.\n"
-        "Download the Probabilistic U-Net LIDC crops (data_lidc.pickle, see "
-        "https://github.com/stefanknegt/Probabilistic-Unet-Pytorch) and put it at config data.lidc.pickle.\n"
-        "To try leanmed without it: `make demo` runs the whole study on generated data."
-    ),
-    "lidc_ct": (
-        "LIDC-IDRI CT scans not found at {path} (config data.lidc.source is ct).\n"
-        "Download the LIDC-IDRI collection from TCIA (https://www.cancerimagingarchive.net/collection/lidc-idri/) "
-        "and put its LIDC-IDRI-XXXX folders under config data.lidc.ct.root, or set data.lidc.source: pickle."
-    ),
-}
-
-
 # Raw data is never a rule's output: no rule can write, force-rerun (-F, -R, a code or params trigger) or delete
 # (--delete-all-output) the configured data paths. Generated demo data lives in a folder of its own (demo.dir), and
 # the rule that writes it exists only in demo mode; then the configured data paths are not read at all.
@@ -125,40 +50,6 @@ DEMO_DATA = dict(
     rsna_images_dir=f"{DEMO_DIR}/rsna/train_images",
     lidc_pickle=f"{DEMO_DIR}/lidc/data_lidc.pickle",
 )
-
-
-def configured_raw_paths():
-    """config key -> the user's raw data path (what no rule may touch)."""
-    data = config["data"]
-    return {
-        "data.rsna.train_csv": data["rsna"]["train_csv"],
-        "data.rsna.images_dir": data["rsna"]["images_dir"],
-        "data.lidc.pickle": data["lidc"]["pickle"],
-        "data.lidc.ct.root": data["lidc"]["ct"]["root"],
-    }
-
-
-def check_demo_config():
-    """In demo mode the generated data must not land on, in, or around a configured raw data path."""
-    if not DEMO:
-        return
-    demo_dir = Path(DEMO_DIR).resolve()
-    for key, path in configured_raw_paths().items():
-        raw = Path(path).resolve()
-        if raw == demo_dir or demo_dir in raw.parents or raw in demo_dir.parents:
-            raise WorkflowError(
-                f"config key demo.dir ({DEMO_DIR}) overlaps {key} ({path}): the demo would write generated data "
-                f"where raw data is configured. Choose another demo.dir, or leave {key} at a path outside it "
-                "(in demo mode the data: paths are not read)."
-            )
-    if config["data"]["lidc"]["source"] != "pickle":
-        raise WorkflowError(
-            "config key data.lidc.source is ct, but demo.enabled is true: the demo generates the LIDC pickle; "
-            "set data.lidc.source: pickle for the demo."
-        )
-
-
-check_demo_config()
 
 
 def raw_data_path(dataset):
