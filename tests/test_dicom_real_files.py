@@ -3,9 +3,9 @@
 
 - Every single-frame grey image gives a display image (`dicom_display.display_image`: leanmed's decode and its one
   lookup table, before crop and resize) that agrees with pydicom's own chain (modality LUT, VOI, MONOCHROME1 inversion)
-  at Pearson r >= 0.999. Colour and multi-frame files are skipped by name, and so are files pydicom itself cannot
-  decode here (the reason is the skip message); files leanmed refuses by design (transfer syntaxes and Bits
-  Allocated no mammography system writes) must be refused with a DicomError saying so.
+  at Pearson r >= 0.999. Files pydicom itself cannot decode here (no reference) must be refused by leanmed; so must
+  files leanmed refuses by design (transfer syntaxes and Bits Allocated no mammography system writes), each with a
+  DicomError saying why. Colour and multi-frame files are no mammograms: preprocessing refuses them naming the file.
 - The NEMA lossless JPEG 2000 / uncompressed pairs give byte-identical PNGs through the exact path, with the
   region (breast-box) decode and with a whole decode, and the reduced path stays within one grey level of them.
 - The truncated file is refused with its name, and a shard conversion excludes it with that reason.
@@ -52,13 +52,14 @@ def label(path: Path) -> str:
     return f"pydicom/{path.relative_to(PYDICOM_FILES)}"
 
 
-def census() -> tuple[list, dict[str, list[str]]]:
-    """pytest params for every file holding pixel data (grey single-frame images to check, the rest skipped with
-    their reason), and the names of the files that are no image (not DICOM without force=True, no Pixel Data)."""
+def census() -> tuple[list, list, dict[str, list[str]]]:
+    """pytest params for every file holding pixel data: grey single-frame images to check, and colour or multi-frame
+    files (with what makes them so) that preprocessing must refuse; and the names of the files that are no image (not
+    DICOM without force=True, no Pixel Data)."""
     files = sorted(path for path in PYDICOM_FILES.rglob("*") if path.is_file() and path.suffix != ".py")
     if PYDICOM_DATA is not None:
         files += sorted(PYDICOM_DATA.glob("*.dcm"))
-    params, not_images = [], {"not DICOM (pydicom needs force=True)": [], "no Pixel Data": []}
+    params, refused, not_images = [], [], {"not DICOM (pydicom needs force=True)": [], "no Pixel Data": []}
     for path in files:
         with warnings.catch_warnings():  # damaged headers (badVR.dcm) warn when read and when their values are
             warnings.simplefilter("ignore")
@@ -73,16 +74,16 @@ def census() -> tuple[list, dict[str, list[str]]]:
             photometric = str(ds.get("PhotometricInterpretation", "")).strip()
             samples = int(ds.get("SamplesPerPixel", 1))
             frames = str(ds.get("NumberOfFrames", 1) or 1)
-        marks = ()
         if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
-            marks = pytest.mark.skip(reason=f"colour ({photometric}, {samples} samples per pixel)")
+            refused.append(pytest.param(path, "colour", id=label(path)))
         elif frames.isdigit() and int(frames) > 1:
-            marks = pytest.mark.skip(reason=f"multi-frame ({frames} frames)")
-        params.append(pytest.param(path, id=label(path), marks=marks))
-    return params, not_images
+            refused.append(pytest.param(path, "multi-frame", id=label(path)))
+        else:
+            params.append(pytest.param(path, id=label(path)))
+    return params, refused, not_images
 
 
-IMAGE_PARAMS, NOT_IMAGES = census()
+IMAGE_PARAMS, REFUSED_PARAMS, NOT_IMAGES = census()
 
 
 def test_the_real_files_are_installed():
@@ -90,8 +91,10 @@ def test_the_real_files_are_installed():
     assert PYDICOM_DATA is not None, "pydicom-data is not installed: pip install -e '.[test]' (pydicom-data==1.0.0)"
     names = {Path(param.values[0]).name for param in IMAGE_PARAMS}
     assert {"mlut_18.dcm", "vlut_04.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm", "CT_small.dcm"} <= names
-    # 161 files with pixel data (70 colour, 11 multi-frame), 80 of them single-frame grey (23 from pydicom-data)
-    assert len(IMAGE_PARAMS) == 161 and sum(not param.marks for param in IMAGE_PARAMS) == 80
+    # 161 files with pixel data: 80 single-frame grey (23 from pydicom-data), 70 colour, 11 multi-frame
+    assert len(IMAGE_PARAMS) == 80
+    kinds = [param.values[1] for param in REFUSED_PARAMS]
+    assert (kinds.count("colour"), kinds.count("multi-frame")) == (70, 11)
     assert len(NOT_IMAGES["no Pixel Data"]) == 69 and len(NOT_IMAGES["not DICOM (pydicom needs force=True)"]) == 14
 
 
@@ -107,18 +110,13 @@ def test_display_image_agrees_with_pydicom(path):
     ds = pydicom.dcmread(path)
     try:
         stored = ds.pixel_array
-    except Exception as error:
-        # No reference. leanmed refuses all four such files here (JPEG-lossy: JPEG Extended; an unreadable J2K
-        # header; MR_truncated: short pixel data; badVR: Number of Frames "1A"); the skip message says what each
-        # side said.
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        pydicom_reason = " ".join(lines[1:2] if lines[0].endswith("plugins:") else lines[:1])[:100]
-        try:
-            dicom_decode.read_dicom(path)
-            ours = "leanmed decodes it"
-        except dicom_decode.DicomError as refusal:
-            ours = f"leanmed refuses it: {refusal.reason[:80]}"
-        pytest.skip(f"{label(path)}: pydicom cannot decode it here ({pydicom_reason}); {ours}")
+    except Exception:
+        # No reference, so no guess either: leanmed must refuse the file (four here: JPEG-lossy, JPEG Extended; an
+        # unreadable J2K header; MR_truncated, short pixel data; badVR, Number of Frames "1A").
+        with pytest.raises(dicom_decode.DicomError) as refusal:
+            dicom.preprocess(path, image_size=64)
+        assert Path(refusal.value.path) == path and refusal.value.reason
+        return
     if ds.file_meta.TransferSyntaxUID not in dicom_decode.SUPPORTED_SYNTAXES or int(ds.BitsAllocated) not in (8, 16):
         # JPEG Extended (.51), 1-bit and 32-bit images: no mammography system writes them; leanmed refuses them
         # with the reason rather than guessing (here: JPGExtended, liver_1frame, rtdose_*_1frame).
@@ -135,6 +133,23 @@ def test_display_image_agrees_with_pydicom(path):
         return
     r = float(np.corrcoef(ours.ravel().astype(np.float64), reference.ravel())[0, 1])
     assert r >= MIN_PEARSON_R, f"{label(path)}: r = {r:.6f} against pydicom's modality LUT + VOI chain"
+
+
+@pytest.mark.parametrize("path, kind", REFUSED_PARAMS)
+def test_colour_and_multi_frame_files_are_refused_naming_the_file(path, kind):
+    """A colour or multi-frame file is no mammogram: refused, not turned into a training image from one channel or
+    the first frame (a multi-frame file was, until 2026-11-29). One that leanmed cannot even decode (a transfer
+    syntax or Bits Allocated it does not read, damaged pixel data) is refused for that, before."""
+    with pytest.raises(dicom_decode.DicomError) as refusal:
+        dicom.preprocess(path, image_size=64)
+    assert Path(refusal.value.path) == path
+    try:
+        dicom_decode.read_dicom(path)
+    except dicom_decode.DicomError as decode_refusal:
+        assert refusal.value.reason == decode_refusal.reason
+        return
+    expected = {"colour": "not a grey image", "multi-frame": "multi-frame image"}[kind]
+    assert refusal.value.reason.startswith(expected), refusal.value.reason
 
 
 # ------------------------------------------------------------------------------------------------------------

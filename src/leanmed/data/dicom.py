@@ -160,6 +160,9 @@ def preprocess(
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or decoded.pixels.ndim != 2:
         raise DicomError(path, f"not a grey image (Photometric Interpretation {photometric or 'missing'})")
+    if decoded.number_of_frames > 1:
+        # Only the first frame is decoded: a tomosynthesis stack or a cine loop would silently become one image.
+        raise DicomError(path, f"multi-frame image ({decoded.number_of_frames} frames); a mammogram has one frame")
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     lut = voi = breast_region = None
     if has_voi:
