@@ -166,6 +166,12 @@ def test_registry_stays_out_of_training_and_lidc_from_ct_covers_the_pickle_forma
     training = fingerprint.code_files("training")
     assert "train/registry.py" not in training
     assert {"train/loop.py", "train/job.py", "data/images.py", "metrics.py"} <= set(training)
+    # How a run is recorded is a step of its own (a finished run re-records without training again), and editing one
+    # setting's registry entry must not re-record every run.
+    recording = fingerprint.code_files("training_record")
+    assert "train/record.py" not in training and "train/record.py" in recording
+    assert "train/registry.py" not in recording
+    assert set(recording) - {"train/record.py"} <= set(training)  # its imports: an edit of them retrains
     # The CT builder writes the pickle format that data/lidc.py defines: editing it must redo the pickle.
     assert "data/lidc.py" in fingerprint.code_files("lidc_from_ct")
     # The cohort's report uses the Markdown table helper only, not the split's code.

@@ -23,6 +23,7 @@ from leanmed.train import loop, record
 from leanmed.train.checkpoint import LastCheckpointSchedule, stop_under
 from leanmed.train.job import TrainConfig, TrainingInterrupted, main, run
 from leanmed.train.record import validate_metrics
+from test_metrics_definitions import undefined_fields
 
 # bitsandbytes says so for every paged optimiser on CPU; the resolution notes record it already.
 pytestmark = pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
@@ -441,6 +442,7 @@ def test_energy_block_when_measured(split_csv, tmp_path):
     else:
         assert inference["energy_kwh"] is None and "sampling interval" in inference["note"]
     assert list((tmp_path / "energy" / "train").glob("*carbontracker_output.log"))
+    assert undefined_fields(metrics) == []  # every field, the energy block's included, says what it is
 
 
 def test_metrics_schema_rejects_a_missing_field(split_csv, tmp_path):

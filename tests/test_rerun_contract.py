@@ -437,7 +437,7 @@ def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depend
     fp32_study, tmp_path, monkeypatch
 ):
     """Real edits of a copy of the package (first on PYTHONPATH, for Snakemake and its jobs), as after a `git pull`:
-    Snakemake alone would see neither, as no rule's script changed."""
+    Snakemake alone would see none of them, as no rule's script changed."""
     study = copy_of(fp32_study, tmp_path / "study")
     package = study.workdir / "src/leanmed"
     shutil.copytree(REPO / "src/leanmed", package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -485,6 +485,23 @@ def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depend
             assert metrics_of(study.workdir, run)["training"]["resumed"] is True, run
             assert files["predictions.csv"][0] == before["runs"][run]["predictions.csv"][0], run
             assert files["best.pt"] == before["runs"][run]["best.pt"], run
+
+    # How a run is recorded (leanmed.train.record: a definition of metrics.json reworded): every training job reruns
+    # and re-records its run from the finished last.pt, without training it again; nothing else reruns.
+    before, summary_before = study.state(), file_state(results / "summary.csv")
+    record = package / "train/record.py"
+    assert '"diverged": "true when status is diverged"' in record.read_text()
+    record.write_text(record.read_text().replace('"true when status is diverged"', '"true when status is diverged (edited)"'))
+    study.run()
+    after = study.state()
+    assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]
+    assert file_state(results / "summary.csv") != summary_before  # the report reads the re-recorded runs
+    for run, files in after["runs"].items():
+        metrics = metrics_of(study.workdir, run)
+        assert metrics["definitions"]["diverged"].endswith("(edited)"), run
+        assert metrics["training"]["resumed"] is True, run
+        for name in ("best.pt", "predictions.csv"):
+            assert files[name][0] == before["runs"][run][name][0], (run, name)
 
 
 def run_folders(workdir):

@@ -41,6 +41,11 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
         "data/images.py",
         "metrics.py",
     ),
+    # How a training job writes its results from what it trained and measured (metrics.json's content, schema
+    # version and definitions; the columns of epochs.csv and predictions.csv): its own param of the training jobs,
+    # kept out of the hash a last.pt must match, so an edit re-records every run from its finished checkpoint (the
+    # test evaluation and inference timing run again) instead of training it again.
+    "training_record": ("train/record.py",),
 }
 
 #: Imported, yet no part of a step's results: how a file is written (atomically), how fingerprints are computed, and
@@ -48,8 +53,12 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
 CONTENT_NEUTRAL_MODULES = frozenset({"atomic.py", "fingerprint.py", "__init__.py"})
 
 #: Left out of one step's code on purpose. Training: what a job takes from the registry (its setting's and model's
-#: entries) is a rerun trigger of its own, so editing one setting reruns only that setting's jobs.
-EXCLUDED_FROM_STEP = {"training": frozenset({"train/registry.py"})}
+#: entries) is a rerun trigger of its own, so editing one setting reruns only that setting's jobs; how it records its
+#: results is the step training_record.
+EXCLUDED_FROM_STEP = {
+    "training": frozenset({"train/registry.py", "train/record.py"}),
+    "training_record": frozenset({"train/registry.py"}),
+}
 
 
 def _statements(tree: ast.AST):

@@ -230,6 +230,9 @@ def downsampling_settings(wildcards):
 # Hash of the package code a training job runs (leanmed.fingerprint.code_files("training")): Snakemake's code
 # trigger sees only the script file, not the package it imports; as a param it reruns training when that code changes.
 TRAINING_CODE_VERSION = code_version("training")
+# Hash of the code that writes a run's results from its state (leanmed.fingerprint, "training_record"): a param of its
+# own, out of config_hash, so an edit reruns the training jobs, which re-record each finished run from its last.pt.
+TRAINING_RECORD_CODE_VERSION = code_version("training_record")
 
 
 def rerun_triggers(wildcards):

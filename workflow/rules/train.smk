@@ -49,6 +49,7 @@ rule train:
     params:
         run=train_params,
         triggers=rerun_triggers,
+        record_code=TRAINING_RECORD_CODE_VERSION,
         out_dir=run_out_dir,
     script:
         "../scripts/train.py"

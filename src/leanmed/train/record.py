@@ -72,30 +72,47 @@ def validate_metrics(metrics: dict) -> None:
 
 
 DEFINITIONS = {
+    # Keys are field paths of metrics.json; "*" stands for any part of one (fnmatch), and a key covers the fields below
+    # it. A test checks that every field of a run's metrics.json is covered, and docs/measurements.md repeats them.
+    "schema_version": "version of this file's layout (leanmed's metrics.schema.json)",
+    "run": "which run: dataset, model (leanmed alias) and its timm_name, setting, scale S, seed, and downsample_mode "
+           "(none at S = 1)",
     "status": "completed: training ended by early stopping or max_epochs; diverged: a NaN/inf training or validation "
               "loss stopped it (the paper's *)",
+    "diverged": "true when status is diverged",
+    "*.note": "why a figure of its block is null, or what the block's figures include or lack; null: nothing to add",
     "setting": "what ran: weight dtype, autocast dtype (null without autocast), GradScaler, optimiser class and its "
                "state width for tensors of >= 4096 elements (smaller ones keep 32-bit state with bitsandbytes)",
     "setting.step": "the training step's speed options: requested (training.tuned_step: channels_last, "
                     "cudnn_benchmark, fused_adam; training.compile: compile), applied on this device, and not_applied "
                     "with the reason (cudnn_benchmark and fused_adam are CUDA only; fused_adam only for torch Adam); "
-                    "none requested: the paper's eager step. Step times depend on it",
-    "model.n_parameters": "number of parameters (1 input channel, 1 output logit)",
+                    "label as the table caption prints it. None requested: the paper's eager step (the default). "
+                    "Step times, and so the time ratios between settings, depend on it",
+    "model.n_parameters*": "number of parameters (1 input channel, 1 output logit); n_parameters_millions: the same "
+                           "in millions",
     "model.image_size": "side (pixels) images are resized to before downsampling",
     "model.input_size": "side (pixels) of the model input: image_size / scale with smaller_input, else image_size",
+    "model.pretrained": "what initialised the model: false (random initialisation), true (timm's weights), the "
+                        "weights file with its source and sha256, or why true fell back to random initialisation",
     "training.epochs_run": "epochs started, including an epoch cut short by divergence",
     "training.best_epoch": "epoch (1-based) with the lowest validation loss; its checkpoint is evaluated on the "
                            "test set",
+    "training.best_val_loss": "validation loss of best_epoch: mean BCE per image; null when no epoch ended with a "
+                              "finite one",
     "training.early_stopped": "true when patience epochs passed without a lower validation loss",
+    "training.max_epochs": "the stopping rule's limit: at most this many epochs",
+    "training.patience": "epochs without a lower validation loss after which training stops early",
+    "training.lr": "the optimiser's learning rate (Adam, constant over the epochs)",
+    "training.batch_size": "images per training, validation and test-evaluation batch",
     "training.time_to_best_s": "seconds of training passes (loading, transfer, forward, backward, optimiser step over "
                                "the training batches; validation, checkpoints and energy logging excluded) summed "
                                "over epochs 1..best_epoch: the time to convergence T_c",
     "training.train_time_total_s": "seconds of training passes over all epochs run (validation excluded)",
     "training.validation_time_total_s": "seconds of validation passes over all epochs",
     "training.resumed": "true when the job continued from a last.pt written by an earlier process",
-    "test": "metrics of the best-validation checkpoint on the test split at threshold 0.5 (prediction positive when "
-            "sigmoid(logit) >= 0.5); roc_auc is rank-based; loss is the mean BCE per image; null when no checkpoint "
-            "or undefined",
+    "test": "metrics of the best-validation checkpoint (best_epoch) on the test split at threshold 0.5 (prediction "
+            "positive when sigmoid(logit) >= 0.5); roc_auc is rank-based; loss is the mean BCE per image; n_images "
+            "and n_positive count the test images and those with label 1; null when no checkpoint or undefined",
     "memory.kind": "cuda_max_memory_allocated_bytes: torch.cuda.max_memory_allocated after a reset at the phase start "
                    "(tensors of this process on the GPU); cpu_peak_rss_bytes: peak resident set size of the whole "
                    "process during the phase, sampled every 10 ms",
@@ -112,11 +129,21 @@ DEFINITIONS = {
     "memory.optimizer_state_bytes": "bytes of all tensors in the optimiser state at the end of training "
                                     "(moments, step counters, 8-bit quantisation maps and block absmax; shared "
                                     "tensors once)",
-    "inference.test_set_seconds": "median over repeats of one pass over the test set in batches of 32 with the best "
-                                  "checkpoint: host-to-device copy, forward under the setting's precision, no_grad, "
-                                  "CUDA synchronised; images already decoded in memory; warm-up passes excluded",
-    "inference.repeats": "timed batch-32 passes really run: inference_repeats, or fewer once the timed passes took "
-                         "budget_s seconds (at least one); latency_repeats: the same for the latency passes",
+    "inference.test_set_seconds": "median over repeats of one pass over the test set in batches of batch_size (32) "
+                                  "with the best checkpoint: host-to-device copy, forward under the setting's "
+                                  "precision, no_grad, CUDA synchronised; images already decoded in memory; warm-up "
+                                  "passes excluded",
+    "inference.batch_size": "images per batch of the timed test-set passes (32)",
+    "inference.repeats": "timed batch-32 passes really run: inference_repeats (the configured count), or fewer once "
+                         "the timed passes have taken budget_s seconds (inference_budget_s; at least one pass); "
+                         "latency_repeats: the same for the batch-1 latency passes; energy.inference is divided by "
+                         "the passes really run",
+    "inference.latency_repeats": "see inference.repeats",
+    "inference.budget_s": "see inference.repeats; null: no time budget",
+    "inference.warmup": "untimed batch-32 passes before the timed ones: 0 at batch size 32, where the test "
+                        "evaluation (the same batches, eval mode, no_grad, the setting's precision) was the warm-up "
+                        "(note says so); the latency passes' warm-up is 4 batch-1 forwards per configured warm-up pass",
+    "inference.latency_images": "test images (the first ones, at most 64) of each batch-1 latency pass",
     "inference.per_image_latency_ms": "median over repeats of the mean batch-1 forward time over latency_images test "
                                       "images, in milliseconds",
     "energy.train": "carbontracker over the training epochs (training and validation passes), all processes of a "
@@ -126,17 +153,34 @@ DEFINITIONS = {
     "energy.*.measured": "true when a real energy counter was read (RAPL for the CPU, NVML for the GPU); estimated: the "
                          "figure is, wholly or in part, carbontracker's assumed constant power (assumed_power_w, for "
                          "estimated_components) x time",
+    "energy.*.components": "what the figure covers: cpu (RAPL's package counter, or an assumed power) and, on CUDA, "
+                           "gpu: NVML power of the GPU the job computes on only (found by its UUID), not of every GPU "
+                           "of the machine (carbontracker 2.4.7 alone would read the GPUs whose integer indices are "
+                           "in CUDA_VISIBLE_DEVICES, and all GPUs when it is unset or holds UUIDs)",
+    "energy.*.pue": "carbontracker's power usage effectiveness of a data centre (2023 value): energy_kwh_pue = "
+                    "energy_kwh x pue",
+    "energy.*.carbon_intensity_g_per_kwh": "grams CO2eq per kWh (PUE included) that co2eq_g was computed with; note "
+                                           "names its source",
+    "energy.*.tracker_*_seconds": "seconds carbontracker took to construct its tracker and to stop it: outside the "
+                                  "measured stretches, part of the job's fixed cost",
+    "inputs": "what the job read, by content: sha256 of split.csv and one sha256 over every listed image's path and "
+              "PNG image (its bytes but the text and time chunks, so a PNG made again with the same pixels and a new "
+              "recorded fingerprint counts as the same); a last.pt is resumed only when these, the job's options and "
+              "the code match",
+    "provenance": "where test and inference were measured: host, device (as the setting records it) and its name, "
+                  "torch threads, versions (python, torch, timm, bitsandbytes, carbontracker, numpy, cuDNN, leanmed)",
+    "provenance.config_hash": "hash of the job's options that decide its training (the workflow's config_hash, with "
+                              "the setting's and model's registry entries and the training code); a last.pt is "
+                              "resumed only when it matches",
     "provenance.gpu_claim": "the GPU the job claimed (leanmed.train.devices): source (lock, slurm, none), device, the "
                             "visible GPUs, lock file, seconds waited; null when the job did not claim one",
-    "inputs": "what the job read, by content: sha256 of split.csv and one sha256 over every listed image's path and "
-              "PNG bytes; a last.pt is resumed only when these, the job's options and the code match",
     "provenance.cuda": "CUDA version torch was built with, when the job ran on a GPU",
     "provenance.training_environments": "where the training epochs were measured: device, its name, torch, CUDA, "
                                         "cuDNN, bitsandbytes, timm and torch threads of each process that trained "
                                         "epochs, in order, repeats merged; the rest of provenance is the process that "
                                         "measured test and inference",
-    "provenance.git_revision": "commit of the leanmed checkout that ran (null outside git); git_dirty: uncommitted "
-                               "changes to tracked files",
+    "provenance.git_*": "git_revision: commit of the leanmed checkout that ran (null outside git); git_dirty: "
+                        "uncommitted changes to tracked files",
 }
 
 
