@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import types
@@ -19,8 +20,8 @@ from test_report_tables import make_metrics
 
 CPU_METHOD = (
     "carbontracker 2.4.7; CPU 'AMD EPYC': no RAPL counters, so a constant power of 60.0 W is assumed "
-    "(carbontracker's table TDP / 2 for the matched model, or the table's average TDP / 2); "
-    "energy = that power x phase time"
+    "(carbontracker's table TDP of 'AMD EPYC 7232P', 120.0 W, / 2: matched by name to this CPU's brand 'AMD EPYC', "
+    "the whole package whatever the cores used); energy = that power x phase time"
 )
 GPU_METHOD = "carbontracker 2.4.7; GPU: NVML power draw of NVIDIA H200, sampled every 0.1 s; CPU: RAPL energy counters"
 ESTIMATE = {"measured": False, "estimated": True, "assumed_power_w": 60.0, "estimated_components": ["cpu"],
@@ -224,3 +225,30 @@ def test_carbontracker_start_up_messages_sent_late_by_its_thread_stay_out_of_the
         (logging.WARNING, "carbontracker warning: Epoch duration is too short for a measurement to be collected."),
         (logging.DEBUG, "carbontracker warning: No API keys provided."),
     ]
+
+
+def carbontrackers_cpu_handler(brand):
+    """carbontracker's own GenericCPU handler with its real TDP table, for a CPU brand string (no thread started)."""
+    from carbontracker.components.cpu.generic import GenericCPU
+
+    handler = GenericCPU.__new__(GenericCPU)
+    handler.cpu_brand = brand
+    handler.cpu_power_data = handler.load_cpu_power_data()
+    handler.average_tdp = handler.calculate_average_tdp()
+    return handler
+
+
+def test_the_method_names_the_table_entry_the_assumed_cpu_power_comes_from():
+    # /proc/cpuinfo of this kind of cloud machine says only "AMD EPYC": carbontracker takes the first table entry
+    # containing it, an 8-core part, whatever the machine's cores; the record says so rather than "the matched model".
+    handler = carbontrackers_cpu_handler("AMD EPYC")
+    handler.init()
+    source = energy_module.assumed_cpu_power_source(handler)
+    matched = re.search(r"TDP of '([^']+)'", source).group(1)
+    assert "AMD EPYC" in matched and f"{handler.cpu_power_data[matched]:.1f} W" in source
+    assert handler.tdp == handler.cpu_power_data[matched] / 2  # what carbontracker assumes: that entry's TDP / 2
+    unknown = carbontrackers_cpu_handler("Imaginary CPU 9000 @ 3.0GHz")
+    unknown.init()
+    assert energy_module.assumed_cpu_power_source(unknown) == (
+        "the average TDP of carbontracker's table / 2: no entry matches this CPU's brand 'Imaginary CPU 9000 @ 3.0GHz'")
+    assert unknown.tdp == unknown.calculate_average_tdp()

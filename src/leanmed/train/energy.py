@@ -87,6 +87,21 @@ def wait_for_assumed_cpu_power(handler, timeout_s: float) -> float | None:
     return None if tdp is None else float(tdp)
 
 
+def assumed_cpu_power_source(handler) -> str:
+    """Where the constant power that carbontracker's GenericCPU handler assumes comes from, as carbontracker 2.4.7
+    finds it (``GenericCPU.find_matching_tdp``): the TDP of the first table entry whose name is the CPU's brand string
+    or contains it without its frequency, halved (50 % utilisation); else the table's average TDP, halved. A match by
+    name, not by core count: the whole package's figure however many of its cores the job uses."""
+    brand = str(getattr(handler, "cpu_brand", "") or "")
+    table = getattr(handler, "cpu_power_data", None) or {}
+    without_frequency = brand.split("@")[0].strip()
+    matched = brand if brand in table else next((name for name in table if without_frequency in name), None)
+    if brand and matched is not None:
+        return (f"carbontracker's table TDP of '{matched}', {float(table[matched]):.1f} W, / 2: matched by name to "
+                f"this CPU's brand '{brand}', the whole package whatever the cores used")
+    return f"the average TDP of carbontracker's table / 2: no entry matches this CPU's brand '{brand}'"
+
+
 class EnergyMeter:
     """carbontracker around one phase (its "epochs" are the phase's epochs, or one block for inference).
 
@@ -210,10 +225,8 @@ class EnergyMeter:
                                      "assumed (not yet known when this was written: see metrics.json) x phase time: "
                                      "an estimate")
                     else:
-                        source = ("the average TDP of carbontracker's table / 2: no match for this CPU"
-                                  if tdp == float(handler.average_tdp) else "its TDP in carbontracker's table / 2")
                         parts.append(f"CPU '{handler.cpu_brand}': no RAPL counters readable, so a constant {tdp:.1f} W "
-                                     f"is assumed ({source}) x phase time: an estimate")
+                                     f"is assumed ({assumed_cpu_power_source(handler)}) x phase time: an estimate")
                 elif name == "IntelCPU":
                     parts.append("CPU: RAPL energy counters (package and DRAM, all processes)")
                 elif name == "NvidiaGPU":
@@ -316,8 +329,7 @@ class EnergyMeter:
             if handler_name == "GenericCPU":
                 parts.append(
                     f"CPU '{devices}': no RAPL counters, so a constant power of {float(handler.tdp):.1f} W is assumed "
-                    "(carbontracker's table TDP / 2 for the matched model, or the table's average TDP / 2); "
-                    "energy = that power x phase time"
+                    f"({assumed_cpu_power_source(handler)}); energy = that power x phase time"
                 )
             elif handler_name == "IntelCPU":
                 parts.append(f"CPU: RAPL energy counters ({devices}), whole package and DRAM, all processes")
