@@ -68,6 +68,26 @@ def test_colour_png_is_rejected(tmp_path):
         read_grey_png(tmp_path / "rgb.png")
 
 
+@pytest.mark.parametrize("label", ["", "nan", "2", "yes"])
+def test_a_label_that_is_not_0_or_1_is_named_with_the_file_and_the_image(tmp_path, label):
+    split_csv = write_split(tmp_path)
+    text = split_csv.read_text().splitlines()
+    fields = text[1].split(",")
+    fields[2] = label  # image i0, a train image
+    split_csv.write_text("\n".join([text[0], ",".join(fields), *text[2:]]) + "\n")
+    with pytest.raises(ValueError) as error:
+        ImageDataset(split_csv, "train")
+    assert str(error.value) == f"{split_csv}: column 'label' must be 0 or 1, got {label!r} for image 'i0'"
+
+
+def test_a_truncated_png_is_named(tmp_path):
+    split_csv = write_split(tmp_path)
+    png = tmp_path / "img/0.png"
+    png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])
+    with pytest.raises(ValueError, match=r"img/0\.png: unreadable PNG \(OSError"):
+        ImageDataset(split_csv, "train", preload=False)
+
+
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
 def test_downsampling_modes_shapes_and_means(tmp_path, scale):
     split_csv = write_split(tmp_path)

@@ -76,13 +76,31 @@ def read_split_rows(split_csv: str | Path, split: str | None = None) -> list[dic
     return rows
 
 
+def binary_labels(split_csv: Path, rows: list[dict[str, str]]) -> list[int]:
+    """The ``label`` column of ``rows`` as 0/1; ValueError naming the file, the image and the value otherwise (an
+    empty cell, NaN, 2, "yes")."""
+    labels = []
+    for row in rows:
+        value = (row.get("label") or "").strip()
+        if value not in ("0", "1"):
+            raise ValueError(f"{split_csv}: column 'label' must be 0 or 1, got {value!r} for image "
+                             f"{row.get('image_id')!r}")
+        labels.append(int(value))
+    return labels
+
+
 def read_grey_png(path: str | Path) -> np.ndarray:
     """Decode a grey PNG to a 2-D array: uint8 for 8-bit images, uint16 for 16-bit ones.
 
-    Raises ValueError for colour, palette or alpha images: the data contract is single-channel grey.
+    Raises ValueError naming the file for unreadable (truncated, corrupt) files and for colour, palette or alpha
+    images: the data contract is single-channel grey.
     """
-    with Image.open(path) as image:
+    try:
+        image = Image.open(path)
         image.load()
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow: truncated (OSError), corrupt chunks (SyntaxError)
+        raise ValueError(f"{path}: unreadable PNG ({type(error).__name__}: {error})") from None
+    with image:
         mode = image.mode
         if mode == "L":
             return np.asarray(image, dtype=np.uint8).copy()
@@ -245,9 +263,7 @@ class ImageDataset(Dataset):
         root = self.split_csv.parent
         self.image_ids = [row["image_id"] for row in rows]
         self.subject_ids = [row["subject_id"] for row in rows]
-        self.labels = np.array([int(row["label"]) for row in rows], dtype=np.int64)
-        if not np.isin(self.labels, (0, 1)).all():
-            raise ValueError(f"{self.split_csv}: labels must be 0 or 1")
+        self.labels = np.array(binary_labels(self.split_csv, rows), dtype=np.int64)
         self.paths = [root / row["path"] for row in rows]
         self._label_tensors = torch.from_numpy(self.labels.astype(np.float32))
 
