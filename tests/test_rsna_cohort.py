@@ -185,6 +185,32 @@ def test_repeated_image_id_and_empty_patient_are_errors(tmp_path):
         rsna.read_train_csv(empty)
 
 
+def test_values_beyond_the_header_and_non_utf8_text_are_errors_naming_the_file(tmp_path):
+    path = write_train_csv(tmp_path / "train.csv", rows=ROWS[:4])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:3], lines[3] + ",a value,another", *lines[4:]]) + "\n")
+    with pytest.raises(rsna.CohortError) as error:
+        rsna.read_train_csv(path)
+    assert str(error.value) == f"{path}: line(s) 4 have values beyond the header's {len(HEADER)} columns"
+    # One field more on every row: pandas took the first column as the index and shifted every column by one.
+    path.write_text("\n".join([lines[0], *(line + ",x" for line in lines[1:])]) + "\n")
+    with pytest.raises(rsna.CohortError, match=r"line\(s\) 2, 3, 4, 5 have values beyond"):
+        rsna.read_train_csv(path)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(("\n".join(lines[:2]) + ",Ren\u00e9e\n").encode("latin-1"))
+    with pytest.raises(rsna.CohortError, match=r"latin\.csv: not UTF-8 text \(byte \d+: invalid"):
+        rsna.read_train_csv(latin)
+
+
+def test_a_trailing_comma_on_every_row_reads_as_without_it(tmp_path):
+    plain = rsna.read_train_csv(write_train_csv(tmp_path / "plain.csv", rows=ROWS[:4]))
+    path = tmp_path / "trailing.csv"
+    path.write_text("".join(line + ",\n" for line in (tmp_path / "plain.csv").read_text().splitlines()[1:]))
+    path.write_text((tmp_path / "plain.csv").read_text().splitlines()[0] + "\n" + path.read_text())
+    trailing = rsna.read_train_csv(path)
+    pd.testing.assert_frame_equal(trailing.frame, plain.frame)
+
+
 def test_extra_columns_are_reported(crafted):
     _, report = build(*crafted)
     assert "reader_note" in report.loc[report["section"] == "input", "detail"].item()

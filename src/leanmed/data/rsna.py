@@ -139,13 +139,38 @@ def _lines(index: pd.Index) -> str:
     return ", ".join(numbers) + more
 
 
+def _unreadable(path: Path, error: Exception) -> CohortError:
+    """A CohortError naming the file for a train.csv that is no readable CSV text (the reader's words kept)."""
+    if isinstance(error, UnicodeDecodeError):
+        return CohortError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 CSV")
+    return CohortError(f"{path}: not a well-formed CSV file ({' '.join(str(error).split())})")
+
+
 def _read_header(path: Path) -> list[str]:
     # utf-8-sig: a byte-order mark left by a spreadsheet export must not become part of the first column name.
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise _unreadable(path, error) from None
     if not header:
         raise CohortError(f"{path}: empty file, expected a header with the columns {list(REQUIRED_COLUMNS)}")
     return header
+
+
+def _check_no_data_beyond_the_header(path: Path, n_columns: int) -> None:
+    """CohortError naming the file lines whose fields go on past the header's columns with anything but empty text
+    (a value without a column: the row's columns cannot be trusted)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            lines = [number for number, row in enumerate(csv.reader(handle), start=1)
+                     if len(row) > n_columns and any(field.strip() for field in row[n_columns:])]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise _unreadable(path, error) from None
+    if lines:
+        listed = ", ".join(map(str, lines[:_MAX_LISTED])) + (f" and {len(lines) - _MAX_LISTED} more"
+                                                             if len(lines) > _MAX_LISTED else "")
+        raise CohortError(f"{path}: line(s) {listed} have values beyond the header's {n_columns} columns")
 
 
 def train_csv_columns(path: str | os.PathLike) -> list[str]:
@@ -184,7 +209,16 @@ def read_train_csv(path: str | os.PathLike) -> TrainCsv:
     # Ids stay text (patient folders are named by the text); age and BI-RADS are coerced below so that bad
     # values can be told apart from empty ones.
     text_columns = {"patient_id": str, "image_id": str, "age": str, "BIRADS": str}
-    frame = pd.read_csv(path, dtype=text_columns, encoding="utf-8-sig")
+    _check_no_data_beyond_the_header(path, len(header))
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: rows longer than the header (checked above: only empty fields beyond it, as a trailing
+            # comma leaves) are cut to it. Without it pandas took the first column as the index when every row had
+            # one field more, and shifted every column by one.
+            warnings.filterwarnings("ignore", category=pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=text_columns, encoding="utf-8-sig", index_col=False)
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise _unreadable(path, error) from None
     frame = frame.reset_index(drop=True)
 
     for column in ("patient_id", "image_id"):
