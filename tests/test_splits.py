@@ -182,8 +182,10 @@ def test_write_split_csv_refuses_leaks_and_bad_values(tmp_path, big_split):
             ),
         ]
     )
-    with pytest.raises(splits.SplitError, match="more than one split"):
+    with pytest.raises(splits.SplitError) as error:
         splits.write_split_csv(leaking, tmp_path / "split.csv")
+    assert str(error.value) == (f"write_split_csv({tmp_path / 'split.csv'}): column 'subject_id': 1 subject(s) with "
+                                f"images in more than one split (first 1): [{first_subject!r}]")
     with pytest.raises(splits.SplitError, match="'label' must be 0 or 1"):
         splits.write_split_csv(big_split.assign(label=2), tmp_path / "split.csv")
     with pytest.raises(splits.SplitError, match="'split' must be one of"):

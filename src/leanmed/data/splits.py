@@ -248,11 +248,13 @@ def with_stratification_columns(images: pd.DataFrame, cohort: pd.DataFrame | Non
     return merged.drop(columns="_merge")
 
 
-def _check_no_subject_leak(df: pd.DataFrame, subject_col: str) -> None:
+def _check_no_subject_leak(df: pd.DataFrame, subject_col: str, where: str) -> None:
+    """SplitError (prefixed with ``where``: the function and file) when a subject's images lie in two splits."""
     splits_per_subject = df.groupby(subject_col)["split"].nunique()
     leaking = splits_per_subject.index[splits_per_subject > 1].tolist()
     if leaking:
-        raise SplitError(f"subjects in more than one split (first {min(len(leaking), 10)}): {leaking[:10]}")
+        raise SplitError(f"{where}: column {subject_col!r}: {len(leaking)} subject(s) with images in more than one "
+                         f"split (first {min(len(leaking), 10)}): {leaking[:10]}")
 
 
 def split_report(df: pd.DataFrame, subject_col: str = "subject_id", label_col: str = "label") -> pd.DataFrame:
@@ -366,6 +368,6 @@ def write_split_csv(df: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
         raise SplitError(
             f"write_split_csv({path}): column 'split' must be one of {list(SPLIT_NAMES)}, " f"found {bad_splits}"
         )
-    _check_no_subject_leak(out, "subject_id")
+    _check_no_subject_leak(out, "subject_id", f"write_split_csv({path})")
     write_text_atomically(path, out.to_csv(index=False))
     return out
