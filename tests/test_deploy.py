@@ -43,9 +43,9 @@ def test_deployment_record_times_the_trained_checkpoint_on_cpu(tmp_path):
                     inference_repeats=1, lr=1e-3, **run_spec))
     record = deployment_record(run_spec, runs_root, split_csv, repeats=2, max_images=5)
     assert record["note"] == ""
-    assert record["n_test_images"] == 5
+    assert record["n_test_images"] == 5 and record["latency_images"] == 5  # latency: the first 64 at most
     assert record["per_image_latency_ms"] > 0
-    assert record["throughput_images_per_s"] > 0
+    assert record["throughput_images_per_s"] == pytest.approx(5 / record["test_set_seconds_batch32"])
     assert record["trained_weight_dtype"] == "float16"
     assert record["deployed_weight_dtype"] == "float32"
 
@@ -69,6 +69,8 @@ def test_deployment_record_times_the_trained_checkpoint_on_cpu(tmp_path):
     assert "<NA>" not in markdown and "nan" not in markdown  # the diverged run's empty cells
     caption = deployment_caption(table)
     assert "float32" in caption and "2 runs" in caption
+    assert "batch-1 forward time (ms) over the first 5 test images" in caption
+    assert "batches of 32 (median pass) over the first 5 test images" in caption
 
     # A finished run's best.pt deleted outside the workflow: an error naming it, not a note calling it diverged.
     (out_dir / "best.pt").unlink()

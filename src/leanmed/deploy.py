@@ -5,11 +5,14 @@ best-validation checkpoint (``best.pt``) onto the CPU of the machine running it,
 with half or bf16 weights is cast up: CPUs run float32 fastest, see docs/measurements.md), and times its forward
 passes over that run's own test images with ``leanmed.train.measure.time_inference``:
 
-- ``per_image_latency_ms``: median over repeats of the mean batch-1 forward time, milliseconds;
-- ``test_set_seconds_batch32``: median over repeats of one pass over the test set in batches of 32, seconds;
-- ``throughput_images_per_s``: test images / ``test_set_seconds_batch32``.
+- ``per_image_latency_ms``: median over repeats of the mean batch-1 forward time over the first ``latency_images``
+  (at most 64) of the timed images, milliseconds;
+- ``test_set_seconds_batch32``: median over repeats of one pass over the ``n_test_images`` timed images (the first
+  ``deployment.max_images`` of the test split) in batches of 32, seconds;
+- ``throughput_images_per_s``: ``n_test_images`` / ``test_set_seconds_batch32``.
 
-Decoding PNGs is not included (images are loaded first); a warm-up pass precedes the timed ones.
+Decoding PNGs is not included (images are loaded first); one untimed batch-32 pass precedes the timed ones, and four
+untimed batch-1 forwards the latency passes.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def benchmark_run(directory, split_csv, repeats=5, threads=1, max_images=256) ->
         "test_set_seconds_batch32": timing["test_set_seconds"],
         "throughput_images_per_s": timing["n_images"] / timing["test_set_seconds"],
         "n_test_images": timing["n_images"],
+        "latency_images": timing["latency_images"],
         "input_size": checkpoint["input_size"],
         "trained_weight_dtype": metrics["setting"]["weight_dtype"],
         "deployed_weight_dtype": "float32",

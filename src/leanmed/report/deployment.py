@@ -12,10 +12,10 @@ import pandas as pd
 # those holding whole numbers (kept integers where some run has none, as a clean run of other runs would write them).
 DEPLOYMENT_COLUMNS = (
     "dataset", "model", "setting", "scale", "seed", "per_image_latency_ms", "test_set_seconds_batch32",
-    "throughput_images_per_s", "n_test_images", "input_size", "trained_weight_dtype", "deployed_weight_dtype", "cpu",
-    "threads", "repeats", "note",
+    "throughput_images_per_s", "n_test_images", "latency_images", "input_size", "trained_weight_dtype",
+    "deployed_weight_dtype", "cpu", "threads", "repeats", "note",
 )
-INTEGER_COLUMNS = ("scale", "seed", "n_test_images", "input_size", "threads", "repeats")
+INTEGER_COLUMNS = ("scale", "seed", "n_test_images", "latency_images", "input_size", "threads", "repeats")
 
 
 def deployment_frame(rows) -> pd.DataFrame:
@@ -35,11 +35,15 @@ def deployment_table(table_paths) -> pd.DataFrame:
 def deployment_caption(table: pd.DataFrame) -> str:
     cpus = ", ".join(sorted(set(table.get("cpu", pd.Series(dtype=str)).dropna())))
     threads = sorted({int(value) for value in table.get("threads", pd.Series(dtype=float)).dropna()})
-    images = sorted({int(value) for value in table.get("n_test_images", pd.Series(dtype=float)).dropna()})
+    def counts(column):
+        values = sorted({int(value) for value in table.get(column, pd.Series(dtype=float)).dropna()})
+        return "/".join(map(str, values)) or "n/a"
+
     return (
         f"CPU inference of the best-validation checkpoint of {len(table)} runs on {cpus or 'this machine'} "
-        f"({platform.machine()}), float32 weights, {'/'.join(map(str, threads)) or 'n/a'} thread(s), "
-        f"{'/'.join(map(str, images)) or 'n/a'} test images per run. Latency: median over repeats of the mean batch-1 "
-        "forward time (ms). Throughput: images per second in batches of 32 (median pass). Image decoding excluded; "
-        "one warm-up pass first. Runs without a best checkpoint are listed with a note."
+        f"({platform.machine()}), float32 weights, {'/'.join(map(str, threads)) or 'n/a'} thread(s). Latency: median "
+        f"over repeats of the mean batch-1 forward time (ms) over the first {counts('latency_images')} test images of "
+        "each run. Throughput: images per second in batches of 32 (median pass) over the first "
+        f"{counts('n_test_images')} test images of each run. Image decoding excluded; one untimed batch-32 pass and "
+        "four untimed batch-1 forwards first. Runs without a best checkpoint are listed with a note."
     )
