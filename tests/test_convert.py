@@ -342,10 +342,9 @@ def test_merge_manifests_rejects_an_image_in_two_manifests(study, tmp_path):
 
 def test_demo_study_converts_without_exclusions(tmp_path):
     """The project's generated RSNA lookalike (leanmed.demo, other software than these tests) converts cleanly."""
-    demo = pytest.importorskip("leanmed.demo")
-    if not hasattr(demo, "generate_rsna"):
-        pytest.skip("leanmed.demo has no generate_rsna")
-    syntaxes = tuple(getattr(demo, "TRANSFER_SYNTAX_UIDS", {"explicit_vr_little": None}))
+    from leanmed import demo
+
+    syntaxes = tuple(demo.TRANSFER_SYNTAX_UIDS)
     train = demo.generate_rsna(tmp_path / "demo", n_patients=3, image_shape=(160, 128), transfer_syntaxes=syntaxes)
     cohort = pd.DataFrame(
         {

@@ -282,7 +282,8 @@ def test_masks_as_one_stacked_array_are_accepted(tmp_path):
 
 
 def test_generated_demo_pickle_is_labelled_as_its_summary_says(tmp_path):
-    demo = pytest.importorskip("leanmed.demo")
+    from leanmed import demo
+
     summary = demo.generate_lidc(tmp_path / "demo.pickle", n_patients=3, patches_per_patient=5, seed=0)
     for min_raters, expected in ((2, summary["n_at_least_2_raters"]), (3, summary["n_at_least_3_raters"])):
         labels = lidc.label_patches(

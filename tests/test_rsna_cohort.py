@@ -246,7 +246,8 @@ def test_write_cohort_report_writes_csv_and_markdown_with_the_paper_cohort(craft
 
 
 def test_cohort_of_generated_demo_data_matches_a_direct_filter(tmp_path):
-    demo = pytest.importorskip("leanmed.demo")
+    from leanmed import demo
+
     table = demo.generate_rsna(
         tmp_path, n_patients=12, image_shape=(64, 64), seed=1, transfer_syntaxes=("explicit_vr_little",)
     )
