@@ -11,6 +11,7 @@ reference is pylidc's own code, imported with the two shims it needs under this 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 import types
@@ -440,6 +441,19 @@ def test_workflow_builds_lidc_labels_from_ct_and_reruns_only_lidc_on_a_ct_option
     write_config(workdir / "ct2.yaml", {"data": {"lidc": {"source": "ct", "ct": {**ct_config, "hu_window": [-1200, 600]}}}})
     jobs = planned_jobs(workdir, "results/lidc/labels.csv", "--configfile", "ct2.yaml")
     assert jobs["lidc_from_ct"] == 1 and jobs["lidc_labels"] == 1
+
+    # A file changed deep in ct.root (a slice re-downloaded in its series folder, with its old time kept): Snakemake
+    # sees of the folder input only the root's own time, which this leaves as it was; the files' listing, a param,
+    # reruns the build.
+    assert planned_jobs(workdir, "results/lidc/labels.csv", "--configfile", "ct.yaml") == {}
+    root_time = ct_root.stat().st_mtime_ns
+    slice_file = next(path for path in sorted(ct_root.rglob("*.dcm")))
+    stat = slice_file.stat()
+    slice_file.write_bytes(slice_file.read_bytes() + b"\0\0")
+    os.utime(slice_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert ct_root.stat().st_mtime_ns == root_time
+    jobs = planned_jobs(workdir, "results/lidc/labels.csv", "--configfile", "ct.yaml")
+    assert jobs["lidc_from_ct"] == 1 and jobs["lidc_labels"] == 1, jobs
 
 
 def test_workflow_says_where_the_ct_scans_go_when_missing(tmp_path):

@@ -52,3 +52,40 @@ def test_other_files_are_ignored_and_convert_uses_the_same_shards(tmp_path):
     (tmp_path / "README").write_text("a file beside the patient folders")
     assert shard_source_versions(tmp_path, 3) == before
     assert convert_shard_of is shard_of
+
+
+def test_absent_dicoms_are_the_train_csv_rows_without_a_file(tmp_path):
+    from leanmed.data.sources import absent_dicom_version, dicom_listing
+
+    for patient, image in (("1", "11"), ("1", "12"), ("2", "21")):
+        (tmp_path / "images" / patient).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "images" / patient / f"{image}.dcm").write_bytes(b"x")
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text("\ufeffsite_id,patient_id,image_id\n1,1,11\n1,1,12\n1,2,21\n")  # with a byte-order mark
+    complete = absent_dicom_version(train_csv, dicom_listing(tmp_path / "images"))
+    assert complete.startswith("0 absent, ")
+    (tmp_path / "images/1/12.dcm").unlink()
+    one_gone = absent_dicom_version(train_csv, dicom_listing(tmp_path / "images"))
+    assert one_gone.startswith("1 absent, ") and one_gone != complete
+    (tmp_path / "images/3").mkdir()
+    (tmp_path / "images/3/31.dcm").write_bytes(b"x")  # a file of no train.csv row changes nothing
+    assert absent_dicom_version(train_csv, dicom_listing(tmp_path / "images")) == one_gone
+    train_csv.write_text("site_id,image_id\n1,11\n")
+    assert absent_dicom_version(train_csv, []) == "unreadable (ValueError)"  # the cohort step says why
+
+
+def test_file_and_tree_versions_see_a_replacement_with_an_older_time(tmp_path):
+    from leanmed.data.sources import file_version, tree_version
+
+    (tmp_path / "ct/patient/series").mkdir(parents=True)
+    slice_file = tmp_path / "ct/patient/series/1.dcm"
+    slice_file.write_bytes(b"abc")
+    before = file_version(slice_file), tree_version(tmp_path / "ct")
+    assert before[1].startswith("1 files, ")
+    stat = slice_file.stat()
+    slice_file.write_bytes(b"abd")  # same size, other bytes, the time set back before the first
+    os.utime(slice_file, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**9))
+    after = file_version(slice_file), tree_version(tmp_path / "ct")
+    assert after[0] != before[0] and after[1] != before[1]
+    (tmp_path / "ct/patient/series/2.dcm").write_bytes(b"new slice")
+    assert tree_version(tmp_path / "ct").startswith("2 files, ")

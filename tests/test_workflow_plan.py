@@ -1,5 +1,9 @@
 """The workflow at its edges: the paper's full plan, config errors that fail before any job runs, and a corrupt
 DICOM that is excluded with its reason while the rest is converted."""
+import os
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -188,3 +192,63 @@ def test_a_replaced_raw_dicom_is_seen_and_only_that_image_is_reconverted(workdir
     assert [path.stem for path in redone] == [replaced_id]
     shard_log = (workdir / f"logs/rsna/dicom_to_png_{shard_of(replaced_id, 4)}.log").read_text()
     assert "1 to convert" in shard_log, shard_log
+
+
+def test_raw_files_replaced_with_an_older_time_or_a_dicom_gone_are_seen(workdir):
+    """Snakemake sees a raw file only when it is newer than what was made from it: train.csv restored from a backup
+    with `cp -p`, a LIDC pickle unpacked with its archive's older time, a DICOM deleted or put back (which the cohort
+    report counts) left results of other data standing ("Nothing to be done"; found by real reruns). Each is now a
+    param of the steps reading it (leanmed.data.sources)."""
+    generate_rsna(workdir / "data/rsna", n_patients=12, image_shape=(96, 80), seed=4)
+    generate_lidc(workdir / "data/lidc/data_lidc.pickle", n_patients=4, patches_per_patient=2, seed=1)
+    write_config(workdir / "small.yaml", {"dicom": {"shards": 2}, "image_size": 32})
+    targets = ("results/rsna/cohort_report.csv", "results/lidc/labels.csv")
+    run = lambda: snakemake(workdir, *targets, "--cores", "2", "--configfile", "small.yaml")  # noqa: E731
+    run()
+    results = workdir / "results"
+    first = {name: (results / name).read_bytes() for name in ("rsna/cohort.csv", "lidc/labels.csv")}
+
+    # train.csv edited (a patient's BI-RADS 1 -> 0 on each of their images), then the original restored with its older
+    # time.
+    train_csv = workdir / "data/rsna/train.csv"
+    backup = shutil.copy2(train_csv, workdir / "train_backup.csv")
+    cohort = pd.read_csv(results / "rsna/cohort.csv", dtype=str)
+    patient = cohort.loc[cohort["label"] == "0", "patient_id"].iloc[0]
+    lines = train_csv.read_text().splitlines()
+    header = lines[0].split(",")
+    edited = [line if line.split(",")[header.index("patient_id")] != patient else ",".join(
+        "0.0" if column == "BIRADS" else value for column, value in zip(header, line.split(","))) for line in lines]
+    train_csv.write_text("\n".join(edited) + "\n")
+    run()
+    relabelled = pd.read_csv(results / "rsna/cohort.csv", dtype=str)
+    assert set(relabelled.loc[relabelled["patient_id"] == patient, "label"]) == {"1"}
+    shutil.copy2(backup, train_csv)
+    assert planned_jobs(workdir, *targets, "--configfile", "small.yaml")["rsna_cohort"] == 1
+    run()
+    assert (results / "rsna/cohort.csv").read_bytes() == first["rsna/cohort.csv"]
+
+    # A cohort DICOM deleted, then put back with its time: the cohort report counts it absent, then not.
+    def absent_in_report():
+        report = pd.read_csv(results / "rsna/cohort_report.csv", dtype=str)
+        return report.loc[report["section"] == "info", "images"].astype(int).sum()
+
+    assert absent_in_report() == 0
+    dicom = workdir / "data/rsna/train_images" / cohort["dicom_path"].iloc[0]
+    moved = shutil.move(dicom, workdir / "aside.dcm")
+    run()
+    assert absent_in_report() == 1
+    shutil.move(moved, dicom)
+    run()
+    assert absent_in_report() == 0
+
+    # Another LIDC pickle (other patients) put in place with an older time than the labels made from the first.
+    pickle_path = workdir / "data/lidc/data_lidc.pickle"
+    generate_lidc(workdir / "other.pickle", n_patients=4, patches_per_patient=2, seed=2)
+    os.utime(workdir / "other.pickle", ns=(pickle_path.stat().st_mtime_ns - 10**12,) * 2)
+    shutil.copy2(workdir / "other.pickle", pickle_path)
+    run()
+    labels = (results / "lidc/labels.csv").read_bytes()
+    assert labels != first["lidc/labels.csv"]
+    pngs = sorted(path.name for path in (results / "lidc").rglob("*.png"))
+    listed = sorted(Path(path).name for path in pd.read_csv(results / "lidc/labels.csv")["path"])
+    assert pngs == listed  # the first pickle's patches are gone

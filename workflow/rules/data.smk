@@ -58,6 +58,8 @@ rule rsna_cohort:
         images_dir=rsna_images_dir(),
         max_age=config["cohort"]["rsna"]["max_age"],
         code=RSNA_COHORT_CODE_VERSION,
+        train_csv_sha256=train_csv_sha256,
+        absent_dicoms=absent_dicoms,
     script:
         "../scripts/rsna_cohort.py"
 
@@ -136,6 +138,7 @@ rule lidc_from_ct:
     params:
         ct=config["data"]["lidc"]["ct"],
         code=LIDC_FROM_CT_CODE_VERSION,
+        ct_files=lidc_ct_version,
     script:
         "../scripts/lidc_from_ct.py"
 
@@ -157,6 +160,7 @@ rule lidc_labels:
         image_size=config["image_size"],
         min_raters=config["cohort"]["lidc"]["min_raters"],
         code=LIDC_LABELS_CODE_VERSION,
+        source=lidc_source_version,
     script:
         "../scripts/lidc_labels.py"
 
