@@ -60,8 +60,8 @@ def test_runs_and_datasets_outside_the_study_are_found_and_kept(results):
                  "tables/rsna.tex", "figures/radar_rsna_a.pdf", "gpu-check/figures/radar_rsna_b.png",
                  "figures/my_own_plot.png"]:
         assert (root / name).is_file(), name
-    text = leftovers.leftovers_markdown(root, found)
-    assert "- `figures/radar_rsna_b.png`" in text
+    text = leftovers.leftovers_markdown(root, found, "logs/report/leftovers.log")
+    assert "figures/radar_rsna_b.png" not in text  # what was deleted is history: in the log, not in results/
     assert "- `runs/rsna/b/fp32/s1/seed1` (and `benchmarks/runs/rsna/b/fp32/s1/seed1.tsv`)" in text
     assert "- `runs/rsna/a/fp32/s1/seed2`\n" in text  # no benchmark file: none named
     assert "- `lidc`" in text
@@ -75,8 +75,9 @@ def test_a_folder_emptied_by_the_deletion_is_removed_up_to_the_results_folder(tm
 
 def test_nothing_to_report_says_none(tmp_path):
     found = leftovers.tidy_results(tmp_path, [], [], ["rsna", "lidc"])
-    assert found == {"deleted": [], "outdated_reports": [], "kept_runs": [], "kept_datasets": []}
-    assert leftovers.leftovers_markdown(tmp_path, found).count("- none") == 4
+    assert found == {"deleted": [], "outdated_reports": [], "abandoned_temporaries": [], "kept_runs": [],
+                     "kept_datasets": []}
+    assert leftovers.leftovers_markdown(tmp_path, found, "logs/report/leftovers.log").count("- none") == 2
 
 
 def test_a_report_gathered_before_the_current_results_is_deleted_and_one_made_after_them_stays(tmp_path):
@@ -93,9 +94,22 @@ def test_a_report_gathered_before_the_current_results_is_deleted_and_one_made_af
     products = [str(figure), str(table), str(root / "figures/radar_rsna_a.pdf")]  # the .pdf is not there
     found = leftovers.tidy_results(root, products, [], ["rsna"])
     assert found["outdated_reports"] == [root / "report.html"] and not report.exists()
-    text = leftovers.leftovers_markdown(root, found)
-    assert "- `report.html`" in text and f"snakemake --report {root}/report.html" in text
+    text = leftovers.leftovers_markdown(root, found, "logs/report/leftovers.log")
+    assert "- `report.html`" not in text and f"snakemake --report\n{root}/report.html` makes it again" in text
 
     touch(root / "report.html")  # made again after the run: newer than every product
     assert leftovers.tidy_results(root, products, [], ["rsna"])["outdated_reports"] == []
     assert (root / "report.html").exists() and figure.exists() and table.exists()
+
+
+def test_temporary_files_of_killed_writes_are_deleted_and_nothing_else(tmp_path):
+    """A write killed by SIGKILL leaves atomic_path's temporary file (found by real runs: a partial best.pt's, a
+    PNG's); rule leftovers, which runs when every other job has ended, deletes them; files of other names stay."""
+    root = tmp_path / "results"
+    abandoned = [touch(root / "runs/rsna/a/fp32/s1/seed1/.best.pt.17594.dba5c6a4.tmp"),
+                 touch(root / "rsna/png/images/11685/.788164335.png.18491.c4f36c02.tmp")]
+    others = [touch(root / "runs/rsna/a/fp32/s1/seed1/best.pt"), touch(root / "notes/.my.tmp"),
+              touch(root / "notes/.plan.txt.12.nothex!.tmp")]
+    found = leftovers.tidy_results(root, [], [], ["rsna"])
+    assert found["abandoned_temporaries"] == sorted(abandoned)
+    assert not any(path.exists() for path in abandoned) and all(path.exists() for path in others)

@@ -303,6 +303,18 @@ def test_images_made_again_with_the_same_pixels_resume_the_checkpoint(split_csv,
     assert rerun["inputs"] == first["inputs"] and stable_part(rerun) == stable_part(first)
 
 
+def test_a_job_deletes_the_temporary_files_of_writes_killed_in_its_folder(split_csv, tmp_path):
+    # SIGKILL during a checkpoint write leaves atomic_path's temporary file (a real run left a partial best.pt's
+    # through every rerun); the job, alone in its run folder, deletes such files when it starts.
+    abandoned = tmp_path / ".best.pt.17594.dba5c6a4.tmp"
+    abandoned.write_bytes(b"part of a checkpoint")
+    kept = tmp_path / "notes.tmp"
+    kept.write_text("not a temporary file of leanmed's")
+    run(config(split_csv, tmp_path, max_epochs=1))
+    assert not abandoned.exists() and kept.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_rerun_of_a_finished_job_only_reevaluates(split_csv, tmp_path):
     first = run(config(split_csv, tmp_path, max_epochs=2))
     again = run(config(split_csv, tmp_path, max_epochs=2))

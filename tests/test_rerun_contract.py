@@ -491,7 +491,8 @@ def test_an_edit_of_package_code_reruns_the_rules_that_import_it_and_what_depend
     before, summary_before = study.state(), file_state(results / "summary.csv")
     record = package / "train/record.py"
     assert '"diverged": "true when status is diverged"' in record.read_text()
-    record.write_text(record.read_text().replace('"true when status is diverged"', '"true when status is diverged (edited)"'))
+    edited = '"true when status is diverged (edited)"'
+    record.write_text(record.read_text().replace('"true when status is diverged"', edited))
     study.run()
     after = study.state()
     assert after["rsna_png"] == before["rsna_png"] and after["lidc_png"] == before["lidc_png"]
@@ -548,8 +549,8 @@ def test_a_smaller_study_leaves_a_clean_runs_report_and_what_it_dropped_comes_ba
     study.run()
     # The report gathered before the change showed the dropped model's figures: deleted, and listed.
     assert not (study.workdir / "results/report.html").exists()
-    assert "## Reports deleted by this rerun: gathered before the current results\n- `report.html`" in (
-        study.workdir / "results/leftovers.md").read_text()
+    assert "results/report.html: gathered before the current results" in (
+        study.workdir / "logs/report/leftovers.log").read_text()
 
     clean = Study(copy_workflow(tmp_path / "clean"))  # no data: it generates what the smaller study needs
     clean.config, clean.targets = small, ("all",)
@@ -574,15 +575,17 @@ def test_a_smaller_study_leaves_a_clean_runs_report_and_what_it_dropped_comes_ba
     listed = (study.workdir / "results/leftovers.md").read_text()
     for folder in before:
         assert (f"- `{folder}`" in listed) == (folder not in current), folder
-    assert "- `figures/radar_lidc_test_resnet.png`" in listed and "- `tables/rsna.md`" in listed
+    log = (study.workdir / "logs/report/leftovers.log").read_text()  # what the rerun deleted: its log, not results/
+    assert "results/figures/radar_lidc_test_resnet.png: no dataset" in log and "results/tables/rsna.md: no" in log
     assert "- `rsna`" in listed  # the prepared data
-    assert (clean.workdir / "results/leftovers.md").read_text().count("- none") == 4
+    assert (clean.workdir / "results/leftovers.md").read_text().count("- none") == 2
 
     study.config = big
     study.run()
     assert run_folders(study.workdir) == before  # every run reused as it was: same bytes, same mtimes
     assert report_files(study.workdir) == big_report
-    assert (study.workdir / "results/leftovers.md").read_text().count("- none") == 4
+    # Nothing outside the study any more: the same leftovers.md as a clean run of the big study.
+    assert (study.workdir / "results/leftovers.md").read_text().count("- none") == 2
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):

@@ -4,10 +4,16 @@ partial file under the final name."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+#: The name `atomic_path` gives a temporary file: "." + the target's name + "." + process id + "." + 8 hex digits +
+#: ".tmp".
+TEMPORARY_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
 
 @contextmanager
@@ -39,3 +45,21 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def remove_abandoned_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files of `atomic_path` in `folder` (and below it, when `recursive`); return them, sorted.
+
+    A write killed before its block ended (SIGKILL: the out-of-memory killer, a node lost, a cluster's kill after its
+    grace period) leaves its temporary file: no ``finally`` runs. Call this only where no write can be under way: in a
+    job's own output folder when it starts, or when every job writing there has ended (found by a real run: a
+    training job killed while writing best.pt left a partial ``.best.pt.<pid>.<hex>.tmp`` in its run folder through
+    every later rerun; a ViT's last.pt is 1.4 GB)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    abandoned = sorted(path for path in candidates if path.is_file() and TEMPORARY_NAME.fullmatch(path.name))
+    for path in abandoned:
+        path.unlink(missing_ok=True)
+    return abandoned

@@ -22,6 +22,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from leanmed.atomic import remove_abandoned_temporaries
+
 #: The names the report rules give their files under results/, one file (or a few, by suffix) per dataset, model or
 #: downsampling curve. Only files of these names are ever deleted: a file of the user's own is left where it is.
 REPORT_FILE_PATTERNS = (
@@ -106,8 +108,8 @@ def tidy_results(
     run_dirs: Iterable[str | os.PathLike],
     datasets: Iterable[str],
 ) -> dict[str, list[Path]]:
-    """Delete the report leftovers and an outdated report, find the kept ones; return {"deleted", "outdated_reports",
-    "kept_runs", "kept_datasets"}."""
+    """Delete the report leftovers, an outdated report and the temporary files of killed writes, find the kept ones;
+    return {"deleted", "outdated_reports", "abandoned_temporaries", "kept_runs", "kept_datasets"}."""
     products = list(products)
     deleted = report_leftovers(results_dir, products)
     remove_files(deleted, Path(results_dir))
@@ -116,13 +118,17 @@ def tidy_results(
     return dict(
         deleted=deleted,
         outdated_reports=outdated,
+        # Rule leftovers runs last, when every other job of the study has ended: no write can be under way.
+        abandoned_temporaries=remove_abandoned_temporaries(results_dir),
         kept_runs=leftover_runs(results_dir, run_dirs),
         kept_datasets=leftover_datasets(results_dir, datasets),
     )
 
 
-def leftovers_markdown(results_dir: str | os.PathLike, found: dict[str, list[Path]]) -> str:
-    """results/leftovers.md: what this rerun deleted and what stands in results/ outside the current study."""
+def leftovers_markdown(results_dir: str | os.PathLike, found: dict[str, list[Path]], log: str) -> str:
+    """results/leftovers.md: what stands in results/ outside the current study. Only that: what a rerun deleted is
+    history, which a clean run of the same study would not have, so it goes to the rule's `log` (results/ must be
+    what a clean run makes; a probe found this file naming a report.html that a rerun had deleted)."""
     results_dir = Path(results_dir)
 
     def listed(paths: list[Path], describe=lambda path: "") -> list[str]:
@@ -139,19 +145,15 @@ def leftovers_markdown(results_dir: str | os.PathLike, found: dict[str, list[Pat
         "reads the runs or data below; putting them back into the config reuses them when their options, code and",
         "data are unchanged, and they can be deleted by hand.",
         "",
-        "## Report files deleted by this rerun (of datasets, models or curves no longer in the study)",
-        *listed(found["deleted"]),
-        "",
-        "## Reports deleted by this rerun: gathered before the current results",
-        *listed(found.get("outdated_reports", [])),
-        *(["", f"Make it again: `snakemake --report {results_dir}/report.html` (`make demo` does)."]
-          if found.get("outdated_reports") else []),
-        "",
         "## Run folders kept, not in the study",
         *listed(found["kept_runs"], with_benchmark),
         "",
         "## Prepared data kept, of datasets not in the study",
         *listed(found["kept_datasets"]),
+        "",
+        "What a rerun deleted is in the log of rule leftovers, `" + log + "`: report files of datasets, models or",
+        "curves no longer in the study, an HTML report gathered before the current results (`snakemake --report",
+        f"{results_dir}/report.html` makes it again; `make demo` does), temporary files of writes killed earlier.",
         "",
     ]
     return "\n".join(lines)

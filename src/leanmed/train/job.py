@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from leanmed.atomic import remove_abandoned_temporaries
 from leanmed.data.images import ImageDataset, make_loader, reseed_shuffle, split_fingerprint
 from leanmed.metrics import binary_metrics
 from leanmed.train import loop
@@ -178,6 +179,8 @@ def run(cfg: TrainConfig, on_epoch_end: Callable[[int], None] | None = None) -> 
     """
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_abandoned_temporaries(out_dir, recursive=False):  # the run folder is this job's alone
+        logger.info("deleted %s: the temporary file of a write killed in an earlier attempt", path)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
