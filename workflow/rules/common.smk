@@ -245,6 +245,12 @@ def all_deployment_tables():
     return [f"{RESULTS}/deployment/models/{dataset}/{model}.csv" for dataset, model in trained_models()]
 
 
+def deployment_table_order():
+    """The order of the merged CPU deployment table's rows, the study's: a param, since Snakemake does not rerun a job
+    for the same inputs in another order (the config's models reordered left the old row order; a real rerun)."""
+    return [f"{dataset}/{model}" for dataset, model in trained_models()]
+
+
 def models_of(dataset):
     return config["datasets"][dataset]["models"]
 

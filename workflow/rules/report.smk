@@ -202,6 +202,7 @@ rule cpu_deployment:
     conda:
         "../../envs/leanmed.yaml"
     params:
+        order=deployment_table_order(),
         code=script_code("cpu_deployment"),
     script:
         "../scripts/cpu_deployment.py"
