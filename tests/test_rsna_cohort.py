@@ -264,3 +264,18 @@ def test_train_csv_columns_are_the_kaggle_ones_then_the_extra_ones_of_the_header
     # A spreadsheet export: byte-order mark, a quoted column name with a comma.
     path.write_text('site_id,patient_id,"scanner, room",image_id\n1,2,3,4\n', encoding="utf-8-sig")
     assert rsna.train_csv_columns(path) == [*rsna.KAGGLE_TRAIN_COLUMNS, "scanner, room"]
+
+
+def test_a_demo_generated_again_with_other_knobs_leaves_only_its_own_dicoms(tmp_path):
+    from leanmed.demo.rsna import generate_rsna, remove_other_dicoms
+
+    syntaxes = ("explicit_vr_little",)
+    first = generate_rsna(tmp_path, n_patients=12, image_shape=(64, 64), seed=1, transfer_syntaxes=syntaxes)
+    second = generate_rsna(tmp_path, n_patients=6, image_shape=(64, 64), seed=2, transfer_syntaxes=syntaxes)
+    deleted = remove_other_dicoms(tmp_path, second)
+    images = tmp_path / "train_images"
+    on_disk = sorted(str(path.relative_to(images)) for path in images.rglob("*"))
+    expected = {f"{patient}/{image}.dcm" for patient, image in zip(second["patient_id"], second["image_id"])}
+    assert [name for name in on_disk if name.endswith(".dcm")] == sorted(expected)
+    assert set(on_disk) == expected | {name.split("/")[0] for name in expected}  # no empty patient folder left
+    assert len(deleted) == len(first) - len(set(first["image_id"].astype(str)) & set(second["image_id"].astype(str)))

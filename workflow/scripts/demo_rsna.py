@@ -8,7 +8,7 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 logging.getLogger("openjpeg").setLevel(logging.WARNING)  # one INFO line per encoded tile otherwise
 
 from leanmed.demo.mammogram import RsnaDifficulty
-from leanmed.demo.rsna import generate_rsna
+from leanmed.demo.rsna import generate_rsna, remove_other_dicoms
 
 rsna = snakemake.params.rsna
 rsna_dir = Path(snakemake.output.rsna_csv).parent  # train.csv and train_images/ beside it: the Kaggle layout
@@ -25,3 +25,5 @@ frame = generate_rsna(
     age_range=tuple(rsna["age_range"]),
 )
 logging.info("RSNA: %d images of %d patients in %s", len(frame), frame["patient_id"].nunique(), rsna_dir)
+for path in remove_other_dicoms(rsna_dir, frame):  # of data generated before with other knobs
+    logging.info("deleted %s: not in the generated train.csv", path)

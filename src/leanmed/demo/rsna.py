@@ -388,3 +388,18 @@ def generate_rsna(
     return table
 
 
+def remove_other_dicoms(out_dir, table: pd.DataFrame) -> list[Path]:
+    """Delete the DICOMs under ``out_dir/train_images`` that no row of ``table`` (``generate_rsna``'s) names, then the
+    patient folders this leaves empty; return the deleted files, sorted. For the workflow's own demo folder: data
+    generated before with other knobs (more patients, another seed) left DICOMs that a fresh generation has not
+    (found by a real rerun: 324 of them)."""
+    images_dir = Path(out_dir) / "train_images"
+    current = {images_dir / str(patient) / f"{image}.dcm"
+               for patient, image in zip(table["patient_id"], table["image_id"])}
+    other = sorted(path for path in images_dir.glob("*/*.dcm") if path not in current)
+    for path in other:
+        path.unlink()
+    for folder in sorted({path.parent for path in other}):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return other
