@@ -109,7 +109,9 @@ def test_temporary_files_of_killed_writes_are_deleted_and_nothing_else(tmp_path)
     abandoned = [touch(root / "runs/rsna/a/fp32/s1/seed1/.best.pt.17594.dba5c6a4.tmp"),
                  touch(root / "rsna/png/images/11685/.788164335.png.18491.c4f36c02.tmp")]
     others = [touch(root / "runs/rsna/a/fp32/s1/seed1/best.pt"), touch(root / "notes/.my.tmp"),
-              touch(root / "notes/.plan.txt.12.nothex!.tmp")]
+              touch(root / "notes/.plan.txt.12.nothex!.tmp"),
+              # An options record another Snakemake may be writing while it plans (before it takes its lock).
+              touch(root / "options/train/dataset=rsna.json.4242.0a1b2c3d.tmp".replace("dataset=", ".dataset="))]
     found = leftovers.tidy_results(root, [], [], ["rsna"])
     assert found["abandoned_temporaries"] == sorted(abandoned)
     assert not any(path.exists() for path in abandoned) and all(path.exists() for path in others)

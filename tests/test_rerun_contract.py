@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from leanmed.data.images import read_grey_png
-from workflow_helpers import REPO, copy_workflow, snakemake_patched, write_config
+from workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake_patched, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -586,6 +586,14 @@ def test_a_smaller_study_leaves_a_clean_runs_report_and_what_it_dropped_comes_ba
     assert report_files(study.workdir) == big_report
     # Nothing outside the study any more: the same leftovers.md as a clean run of the big study.
     assert (study.workdir / "results/leftovers.md").read_text().count("- none") == 2
+
+    # The models in another order: no run retrains, the tables that list them in the config's order are made again
+    # (the merged CPU deployment table kept the old order: no param carried it).
+    reordered = deep_merge(big, {"datasets": {"lidc": {"models": ["test_resnet", "mlp_small"]}}})
+    write_config(study.workdir / "reordered.yaml", reordered)
+    jobs = planned_jobs(study.workdir, "--configfile", "reordered.yaml")
+    assert jobs["cpu_deployment"] == 1 and jobs["aggregate"] == 1, jobs
+    assert not {"train", "cpu_deployment_model", "split", "lidc_labels"} & set(jobs), jobs
 
 
 def test_a_job_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):

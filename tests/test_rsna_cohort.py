@@ -202,13 +202,18 @@ def test_values_beyond_the_header_and_non_utf8_text_are_errors_naming_the_file(t
         rsna.read_train_csv(latin)
 
 
-def test_a_trailing_comma_on_every_row_reads_as_without_it(tmp_path):
+@pytest.mark.parametrize("where", ["every line", "every data row", "the first data row", "a later row", "the header"])
+def test_trailing_commas_read_as_without_them(tmp_path, where):
     plain = rsna.read_train_csv(write_train_csv(tmp_path / "plain.csv", rows=ROWS[:4]))
+    lines = (tmp_path / "plain.csv").read_text().splitlines()
+    with_comma = {"every line": range(len(lines)), "every data row": range(1, len(lines)), "the first data row": [1],
+                  "a later row": [3], "the header": [0]}[where]
     path = tmp_path / "trailing.csv"
-    path.write_text("".join(line + ",\n" for line in (tmp_path / "plain.csv").read_text().splitlines()[1:]))
-    path.write_text((tmp_path / "plain.csv").read_text().splitlines()[0] + "\n" + path.read_text())
+    path.write_text("".join(line + ("," if number in with_comma else "") + "\n" for number, line in enumerate(lines)))
     trailing = rsna.read_train_csv(path)
     pd.testing.assert_frame_equal(trailing.frame, plain.frame)
+    assert trailing.extra_columns == plain.extra_columns and rsna.train_csv_columns(path) == rsna.train_csv_columns(
+        tmp_path / "plain.csv")
 
 
 def test_extra_columns_are_reported(crafted):

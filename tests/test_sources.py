@@ -81,11 +81,17 @@ def test_file_and_tree_versions_see_a_replacement_with_an_older_time(tmp_path):
     slice_file = tmp_path / "ct/patient/series/1.dcm"
     slice_file.write_bytes(b"abc")
     before = file_version(slice_file), tree_version(tmp_path / "ct")
-    assert before[1].startswith("1 files, ")
+    assert before[1].startswith("1 DICOM files, ")
     stat = slice_file.stat()
     slice_file.write_bytes(b"abd")  # same size, other bytes, the time set back before the first
     os.utime(slice_file, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**9))
     after = file_version(slice_file), tree_version(tmp_path / "ct")
     assert after[0] != before[0] and after[1] != before[1]
     (tmp_path / "ct/patient/series/2.dcm").write_bytes(b"new slice")
-    assert tree_version(tmp_path / "ct").startswith("2 files, ")
+    with_new_slice = tree_version(tmp_path / "ct")
+    assert with_new_slice.startswith("2 DICOM files, ")
+    # What the CT build does not read changes nothing: a downloader's log, a hidden file, a broken link.
+    (tmp_path / "ct/download.log").write_text("done")
+    (tmp_path / "ct/patient/series/.DS_Store").write_bytes(b"x")
+    (tmp_path / "ct/patient/series/3.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    assert tree_version(tmp_path / "ct") == with_new_slice

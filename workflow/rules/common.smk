@@ -3,6 +3,8 @@
 import inspect
 from pathlib import Path
 
+import leanmed as leanmed_package
+
 from leanmed.data.sources import absent_dicom_version, file_version, shard_source_versions, tree_version
 from leanmed.data.sources import dicom_listing as source_dicom_listing
 from leanmed.fingerprint import code_version, file_sha256, script_code_version, value_version
@@ -134,10 +136,16 @@ def lidc_source_version(wildcards):
     return file_version(raw_data_path("lidc"))
 
 
+_CT_VERSION = []
+
+
 def lidc_ct_version(wildcards):
-    """Every file under data.lidc.ct.root (path, size, mtime): a slice added or a series re-downloaded reruns the
-    pickle's build, which Snakemake, seeing only the root folder's own time, did not."""
-    return tree_version(lidc_ct_root(wildcards))
+    """Every DICOM under data.lidc.ct.root (path, size, mtime): a slice added or a series re-downloaded reruns the
+    pickle's build, which Snakemake, seeing only the root folder's own time, did not. Listed once per Snakemake run
+    (the options record and Snakemake's params check both ask; the real collection has about 244,000 files)."""
+    if not _CT_VERSION:
+        _CT_VERSION.append(tree_version(lidc_ct_root(wildcards)))
+    return _CT_VERSION[0]
 
 
 def rsna_manifests(wildcards):
@@ -272,9 +280,11 @@ def downsampling_settings(wildcards):
 # Hash of the package code a training job runs (leanmed.fingerprint.code_files("training")): Snakemake's code
 # trigger sees only the script file, not the package it imports; as a param it reruns training when that code changes.
 TRAINING_CODE_VERSION = code_version("training")
-# Hash of the code that writes a run's results from its state (leanmed.fingerprint, "training_record"): a param of its
-# own, out of config_hash, so an edit reruns the training jobs, which re-record each finished run from its last.pt.
-TRAINING_RECORD_CODE_VERSION = code_version("training_record")
+# Hash of the code that writes a run's results from its state (leanmed.fingerprint, "training_record") and of the
+# metrics.json schema it validates them with: a param of its own, out of config_hash, so an edit reruns the training
+# jobs, which re-record each finished run from its last.pt.
+METRICS_SCHEMA = Path(leanmed_package.__file__).parent / "schemas/metrics.schema.json"
+TRAINING_RECORD_CODE_VERSION = value_version([code_version("training_record"), file_sha256(METRICS_SCHEMA)])
 
 
 def rerun_triggers(wildcards):

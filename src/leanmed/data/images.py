@@ -97,10 +97,13 @@ def read_grey_png(path: str | Path) -> np.ndarray:
     """
     try:
         image = Image.open(path)
-        image.load()
-    except (OSError, SyntaxError, ValueError) as error:  # Pillow: truncated (OSError), corrupt chunks (SyntaxError)
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow: missing, not a PNG, corrupt chunks (SyntaxError)
         raise ValueError(f"{path}: unreadable PNG ({type(error).__name__}: {error})") from None
     with image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as error:  # truncated data (OSError)
+            raise ValueError(f"{path}: unreadable PNG ({type(error).__name__}: {error})") from None
         mode = image.mode
         if mode == "L":
             return np.asarray(image, dtype=np.uint8).copy()

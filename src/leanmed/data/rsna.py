@@ -153,6 +153,8 @@ def _read_header(path: Path) -> list[str]:
             header = next(csv.reader(handle), None)
     except (UnicodeDecodeError, csv.Error) as error:
         raise _unreadable(path, error) from None
+    while header and not header[-1].strip():  # a trailing comma (some exports end every line with one)
+        header.pop()
     if not header:
         raise CohortError(f"{path}: empty file, expected a header with the columns {list(REQUIRED_COLUMNS)}")
     return header
@@ -212,11 +214,12 @@ def read_train_csv(path: str | os.PathLike) -> TrainCsv:
     _check_no_data_beyond_the_header(path, len(header))
     try:
         with warnings.catch_warnings():
-            # index_col=False: rows longer than the header (checked above: only empty fields beyond it, as a trailing
-            # comma leaves) are cut to it. Without it pandas took the first column as the index when every row had
+            # Only the header's columns: fields beyond them (checked above: empty, as a trailing comma leaves) are
+            # dropped, on every row or some. Without it pandas took the first column as the index when every row had
             # one field more, and shifted every column by one.
             warnings.filterwarnings("ignore", category=pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=text_columns, encoding="utf-8-sig", index_col=False)
+            frame = pd.read_csv(path, dtype=text_columns, encoding="utf-8-sig", index_col=False,
+                                usecols=range(len(header)))
     except (UnicodeDecodeError, pd.errors.ParserError) as error:
         raise _unreadable(path, error) from None
     frame = frame.reset_index(drop=True)

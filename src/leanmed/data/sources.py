@@ -93,16 +93,22 @@ def file_version(path: str | os.PathLike) -> str:
 
 
 def tree_version(root: str | os.PathLike) -> str:
-    """sha256 (16 hex digits) over (relative path, size, mtime_ns) of every file below `root`, in path order, and
-    their number: a file added, deleted or replaced anywhere in the tree (a CT slice whose download completed, a
-    series re-downloaded) changes it. Snakemake sees of a folder input only the folder's own time, which a change in
-    a subfolder does not touch."""
+    """sha256 (16 hex digits) over (relative path, size, mtime_ns) of every DICOM below `root` that the CT build reads
+    (`*.dcm`, not hidden: as leanmed.data.lidc_series finds them), in path order, and their number: a slice added,
+    deleted or replaced anywhere in the tree (a download completed, a series re-downloaded) changes it, a downloader's
+    log or a `.DS_Store` does not. Snakemake sees of a folder input only the folder's own time, which a change in a
+    subfolder does not touch. A broken link counts as absent."""
     digest, count = hashlib.sha256(), 0
     for folder, subfolders, files in os.walk(root):
         subfolders.sort()
         for name in sorted(files):
+            if not name.lower().endswith(DICOM_SUFFIX) or name.startswith("."):
+                continue
             path = os.path.join(folder, name)
-            stat = os.stat(path)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                continue
             digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
             count += 1
-    return f"{count} files, {digest.hexdigest()[:16]}"
+    return f"{count} DICOM files, {digest.hexdigest()[:16]}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 from leanmed.data.lidc import LABELS_CSV_COLUMNS as LIDC_LABELS_CSV_COLUMNS
-from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, train_csv_columns
+from leanmed.data.rsna import KAGGLE_TRAIN_COLUMNS, CohortError, train_csv_columns
 from leanmed.data.splits import SplitError, validate_fractions
 from leanmed.study import studied_datasets
 from leanmed.train.registry import MODELS, is_known_model
@@ -102,7 +102,10 @@ def stratification_columns(config: Mapping, dataset: str) -> list[str]:
         return list(LIDC_LABELS_CSV_COLUMNS)
     train_csv = Path(config["data"]["rsna"]["train_csv"])
     if not config["demo"]["enabled"] and train_csv.is_file():
-        return train_csv_columns(train_csv)
+        try:
+            return train_csv_columns(train_csv)
+        except CohortError as error:
+            raise ConfigError(f"config key data.rsna.train_csv: {error}") from None
     return list(KAGGLE_TRAIN_COLUMNS)
 
 

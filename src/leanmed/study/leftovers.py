@@ -102,6 +102,24 @@ def remove_files(files: Iterable[Path], root: Path) -> None:
             folder = folder.parent
 
 
+#: Folders under results/ where a write can be under way while rule leftovers runs: Snakemake writes the options
+#: records while it plans, before it takes its lock, so another Snakemake started in this folder may be writing one.
+WRITTEN_WHILE_PLANNING = ("options",)
+
+
+def abandoned_temporaries(results_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of killed writes under results/ (leanmed.atomic) but in WRITTEN_WHILE_PLANNING;
+    return them. Rule leftovers runs last, when every other job of its Snakemake run has ended."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    deleted = remove_abandoned_temporaries(results_dir, recursive=False)
+    for child in sorted(results_dir.iterdir()):
+        if child.is_dir() and child.name not in WRITTEN_WHILE_PLANNING:
+            deleted += remove_abandoned_temporaries(child)
+    return sorted(deleted)
+
+
 def tidy_results(
     results_dir: str | os.PathLike,
     products: Iterable[str | os.PathLike],
@@ -118,8 +136,7 @@ def tidy_results(
     return dict(
         deleted=deleted,
         outdated_reports=outdated,
-        # Rule leftovers runs last, when every other job of the study has ended: no write can be under way.
-        abandoned_temporaries=remove_abandoned_temporaries(results_dir),
+        abandoned_temporaries=abandoned_temporaries(results_dir),
         kept_runs=leftover_runs(results_dir, run_dirs),
         kept_datasets=leftover_datasets(results_dir, datasets),
     )
