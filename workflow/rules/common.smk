@@ -282,7 +282,8 @@ TRAINING_CODE_VERSION = code_version("training")
 # metrics.json schema it validates them with: a param of its own, out of config_hash, so an edit reruns the training
 # jobs, which re-record each finished run from its last.pt.
 METRICS_SCHEMA = Path(leanmed_package.__file__).parent / "schemas/metrics.schema.json"
-TRAINING_RECORD_CODE_VERSION = value_version([code_version("training_record"), file_sha256(METRICS_SCHEMA)])
+TRAINING_RECORD_CODE_VERSION = code_version("training_record")
+METRICS_SCHEMA_SHA256 = file_sha256(METRICS_SCHEMA)
 
 
 def rerun_triggers(wildcards):

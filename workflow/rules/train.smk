@@ -50,6 +50,7 @@ rule train:
         run=train_params,
         triggers=rerun_triggers,
         record_code=TRAINING_RECORD_CODE_VERSION,
+        metrics_schema=METRICS_SCHEMA_SHA256,
         out_dir=run_out_dir,
     script:
         "../scripts/train.py"
