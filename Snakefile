@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/raw_data.smk"
 include: "workflow/rules/options_records.smk"
 
 
