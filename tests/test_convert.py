@@ -362,3 +362,67 @@ def test_demo_study_converts_without_exclusions(tmp_path):
     )
     assert len(manifest) == len(cohort)
     assert (manifest["status"] == "ok").all(), manifest.loc[manifest["status"] != "ok", "reason"].tolist()
+
+
+def test_storage_errors_are_told_apart_from_the_raw_data_state():
+    import errno
+
+    assert convert.is_storage_error(PermissionError(errno.EACCES, "Permission denied"))
+    assert convert.is_storage_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert convert.is_storage_error(OSError(errno.EIO, "Input/output error"))
+    assert not convert.is_storage_error(FileNotFoundError(errno.ENOENT, "No such file or directory"))
+    assert not convert.is_storage_error(OSError(errno.ELOOP, "Too many levels of symbolic links"))
+    assert not convert.is_storage_error(OSError("image file is truncated"))  # Pillow: the content, no errno
+    assert not convert.is_storage_error(ValueError("bad"))
+    assert not convert.is_storage_error(None)
+
+
+def test_a_full_disk_fails_the_shard_naming_the_png_and_keeps_what_was_converted(study, monkeypatch):
+    """Before, a PNG that could not be written was recorded as an excluded DICOM ("unexpected OSError: No space left
+    on device"): the study went on without it, and as the DICOM did not change, no rerun converted it."""
+    import errno
+
+    real_write_png = convert.write_png
+
+    def write_png_on_a_full_disk(image, path, fingerprint=None):
+        if Path(path).stem == "5003":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_png(image, path, fingerprint)
+
+    monkeypatch.setattr(convert, "write_png", write_png_on_a_full_disk)
+    with pytest.raises(convert.StorageError) as caught:
+        run_all_shards(study, n_shards=1)
+    message = str(caught.value)
+    assert "1 image(s) could not be read or written" in message and "5003.png: cannot be written" in message
+    assert "No space left on device" in message and "not excluded" in message
+    converted = {png.stem: png.stat().st_mtime_ns for png in study["out_root"].glob("images/*/*.png")}
+    assert sorted(converted) == ["5000", "5001", "5002", "5004", "5007"]
+
+    monkeypatch.setattr(convert, "write_png", real_write_png)  # space freed: the rerun converts only that image
+    manifest = by_image(run_all_shards(study, n_shards=1))
+    assert manifest.loc["5003", "status"] == "ok"
+    assert sorted(manifest.index[manifest["status"] == "excluded"]) == ["5005", "5006"]
+    for png in study["out_root"].glob("images/*/*.png"):
+        assert png.stem == "5003" or png.stat().st_mtime_ns == converted[png.stem]
+
+
+def test_a_dicom_without_read_permission_fails_the_shard_instead_of_being_excluded(study, monkeypatch):
+    """A chmod changes neither a DICOM's size nor its mtime: recorded as excluded, the image stayed out of the study
+    after the permissions were fixed. The reader's PermissionError is what its DicomError was raised over."""
+    import errno
+
+    from leanmed.data import dicom_decode
+
+    real_dcmread = dicom_decode.pydicom.dcmread
+
+    def dcmread_without_permission(path, *args, **kwargs):
+        if Path(path).stem == "5004":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(dicom_decode.pydicom, "dcmread", dcmread_without_permission)
+    with pytest.raises(convert.StorageError) as caught:
+        run_all_shards(study, n_shards=1)
+    assert "102/5004.dcm: cannot be read" in str(caught.value) and "Permission denied" in str(caught.value)
+    monkeypatch.setattr(dicom_decode.pydicom, "dcmread", real_dcmread)
+    assert by_image(run_all_shards(study, n_shards=1)).loc["5004", "status"] == "ok"

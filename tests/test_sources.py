@@ -95,3 +95,30 @@ def test_file_and_tree_versions_see_a_replacement_with_an_older_time(tmp_path):
     (tmp_path / "ct/patient/series/.DS_Store").write_bytes(b"x")
     (tmp_path / "ct/patient/series/3.dcm").symlink_to(tmp_path / "nowhere.dcm")
     assert tree_version(tmp_path / "ct") == with_new_slice
+
+
+def test_files_and_folders_that_cannot_be_reached_are_left_out_and_come_in_once_fixed(tmp_path, monkeypatch):
+    """A broken link, a link loop or a folder without read permission (a disk's root-only lost+found) stopped the
+    whole study while it planned (FileNotFoundError, ELOOP, PermissionError from the listing), LIDC included."""
+    from leanmed.data import sources
+    from leanmed.data.sources import dicom_listing
+
+    make_tree(tmp_path, ["1", "2", "3"])
+    before = dicom_listing(tmp_path)
+    (tmp_path / "patient0" / "9.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (tmp_path / "patient1" / "8.dcm").symlink_to(tmp_path / "patient1" / "8.dcm")  # a loop
+    (tmp_path / "lost+found").mkdir()
+    real_scandir = os.scandir
+
+    def scandir_without_permission(path):
+        if os.path.basename(path) == "lost+found":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(sources.os, "scandir", scandir_without_permission)
+    assert dicom_listing(tmp_path) == before
+    (tmp_path / "patient0" / "9.dcm").unlink()
+    (tmp_path / "patient0" / "9.dcm").symlink_to(tmp_path / "patient2" / "3.dcm")  # the link repaired
+    assert [path for path, _, _ in dicom_listing(tmp_path)] == sorted(
+        [path for path, _, _ in before] + ["patient0/9.dcm"]
+    )

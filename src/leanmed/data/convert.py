@@ -11,6 +11,7 @@ mtime_ns. A PNG is reused only when its fingerprint is the current one; otherwis
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -42,8 +43,29 @@ REASON_FILE_MISSING = "file missing"
 _MAX_LISTED = 10  # excluded files named in an error message
 
 
+# A raw file that is absent, a folder, or a link that leads nowhere is the raw data's own state: the image is excluded
+# with that reason, and a fix (the file put in place) changes the shard's `sources` param, which reruns the shard.
+_RAW_DATA_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+# Internal status of an image the storage failed on (see `is_storage_error`); never written to a manifest.
+_STATUS_STORAGE = "storage error"
+
+
 class ExcludedFractionError(RuntimeError):
     """More images could not be converted than `dicom.max_excluded_fraction` allows."""
+
+
+class StorageError(OSError):
+    """Images of a shard that could not be read or written for a reason of the storage, not of the image: a full
+    disk, missing permissions, an I/O error. Not recorded as excluded images (a fix changes neither the DICOM's size
+    nor its mtime, so no rerun would convert them): the shard fails, keeping the images it converted."""
+
+
+def is_storage_error(error: BaseException | None) -> bool:
+    """True for an operating system error that says nothing about the image: permissions (EACCES, EPERM), a full or
+    read-only disk (ENOSPC, EDQUOT, EROFS), an I/O or network file system error (EIO, ESTALE), too many open files...
+    False for the raw data's own state (an absent file, a folder, a link that leads nowhere) and for errors without an
+    errno (a decoder's or Pillow's "truncated" OSError, which is the file's content)."""
+    return isinstance(error, OSError) and error.errno is not None and error.errno not in _RAW_DATA_ERRNOS
 
 
 def images_folder(out_root: str | os.PathLike) -> Path:
@@ -106,12 +128,21 @@ def _convert_one(task: tuple[str, str, int, int, str, bool, str]) -> tuple[str, 
         image, _ = preprocess(
             dicom_file, image_size=image_size, bits=bits, flip_to_left=flip_to_left, path_mode=path_mode
         )
-        write_png(image, png_file, fingerprint)
-        return STATUS_OK, ""
     except DicomError as error:
+        # DicomError is raised inside the handler of what the reader met (its __context__): a permission or I/O
+        # error there is the storage's, not the image's.
+        if is_storage_error(error.__context__):
+            return _STATUS_STORAGE, f"{dicom_file}: cannot be read ({error.__context__})"
         return STATUS_EXCLUDED, str(error)
     except Exception as error:  # an unforeseen failure on one file must not stop the shard; it is reported
+        if is_storage_error(error):
+            return _STATUS_STORAGE, f"{dicom_file}: cannot be read ({error})"
         return STATUS_EXCLUDED, f"{dicom_file}: unexpected {type(error).__name__}: {error}"
+    try:
+        write_png(image, png_file, fingerprint)
+    except Exception as error:  # the DICOM was fine: whatever stops the PNG is no reason to exclude the image
+        return _STATUS_STORAGE, f"{png_file}: cannot be written ({type(error).__name__}: {error})"
+    return STATUS_OK, ""
 
 
 def read_cohort(cohort_csv: str | os.PathLike) -> pd.DataFrame:
@@ -156,7 +187,10 @@ def convert_shard(
     mtime_ns). A complete PNG already there with the current fingerprint is kept untouched, so a rerun after a
     crash only does what is missing; one made another way is reconverted. A DICOM that cannot be converted
     (absent: reason "file missing: <path>"; corrupt, truncated, unsupported) is recorded as status "excluded"
-    with a reason naming the file and never stops the shard. `workers` > 1 converts in that many processes, each
+    with a reason naming the file and never stops the shard. An image the storage fails on (a DICOM that cannot be
+    read for missing permissions or an I/O error, a PNG that cannot be written to a full disk: `is_storage_error`)
+    is no property of the image: once every other image is done, the shard fails with a `StorageError` naming each
+    (a rerun converts only those). `workers` > 1 converts in that many processes, each
     holding one image at a time. Manifest columns: image_id, subject_id, label, path (PNG relative to out_root's
     parent, i.e. rsna/), status (ok|excluded), reason (empty when ok), fingerprint (empty when excluded).
     """
@@ -185,7 +219,8 @@ def convert_shard(
             n_absent += 1
             continue
         except OSError as error:
-            statuses[row], reasons[row] = STATUS_EXCLUDED, f"{source}: cannot be read ({error})"
+            status = _STATUS_STORAGE if is_storage_error(error) else STATUS_EXCLUDED
+            statuses[row], reasons[row] = status, f"{source}: cannot be read ({error})"
             continue
         fingerprints[row] = image_fingerprint(preprocessing, stat.st_size, stat.st_mtime_ns)
         if is_complete_png(target, image_size, bits, fingerprints[row]):
@@ -195,6 +230,8 @@ def convert_shard(
     for row in range(len(in_shard)):
         if statuses[row] == STATUS_EXCLUDED:
             log.warning("excluded: %s", reasons[row])
+        elif statuses[row] == _STATUS_STORAGE:
+            log.error("not converted: %s", reasons[row])
     log.info(
         "shard %d/%d: %d images, %d absent, %d already converted, %d to convert with %d worker(s), path_mode=%s, "
         "preprocessing %s, JPEG 2000 breast-box decoding with %s",
@@ -217,6 +254,16 @@ def convert_shard(
             _collect(results, task_rows, statuses, reasons, started)
     else:
         _collect(map(_convert_one, tasks), task_rows, statuses, reasons, started)
+    failed = [reason for status, reason in zip(statuses, reasons) if status == _STATUS_STORAGE]
+    if failed:
+        listed = "\n  ".join(failed[:_MAX_LISTED])
+        more = f"\n  ... and {len(failed) - _MAX_LISTED} more" if len(failed) > _MAX_LISTED else ""
+        raise StorageError(
+            f"shard {shard}/{n_shards}: {len(failed)} image(s) could not be read or written, for a reason of the "
+            "storage, not of the image (permissions, a full disk, an I/O error), so they are not excluded as bad "
+            f"DICOMs. Fix that and run again: the {statuses.count(STATUS_OK)} images converted are kept.\n  "
+            f"{listed}{more}"
+        )
 
     manifest = pd.DataFrame(
         {
@@ -240,6 +287,8 @@ def _collect(results: Iterable[tuple[str, str]], task_rows: list[int], statuses:
         statuses[row], reasons[row] = status, reason
         if status == STATUS_EXCLUDED:
             log.warning("excluded: %s", reason)
+        elif status == _STATUS_STORAGE:
+            log.error("not converted: %s", reason)
         done += 1
         if done % 100 == 0 or done == len(task_rows):
             elapsed = time.perf_counter() - started

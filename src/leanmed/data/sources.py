@@ -19,7 +19,6 @@ import csv
 import hashlib
 import os
 import zlib
-from pathlib import Path
 
 DICOM_SUFFIX = ".dcm"
 
@@ -34,19 +33,34 @@ def shard_of(image_id: object, n_shards: int) -> int:
     return zlib.crc32(str(image_id).encode("utf-8")) % n_shards
 
 
+def _sorted_entries(folder: str | os.PathLike) -> list[os.DirEntry]:
+    """The entries of `folder` by name; none when it cannot be listed (missing, not a folder, no permission)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError:
+        return []
+
+
 def dicom_listing(images_dir: str | os.PathLike) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every `<patient>/<image>.dcm` under `images_dir`, in path order; empty when
-    `images_dir` is missing. Cost: one directory listing per patient and one stat per file (about 0.3 s for the
-    54,706 RSNA files on a local disk, BENCHMARKS.md)."""
-    root = Path(images_dir)
+    `images_dir` is missing. A file or folder that cannot be reached (a broken link, a link loop, a folder without
+    read permission such as a disk's `lost+found`) is left out, as absent: planning goes on, and the conversion
+    excludes or fails on such an image naming the file and the reason. Cost: one directory listing per patient and one
+    stat per file (about 0.3 s for the 54,706 RSNA files on a local disk, BENCHMARKS.md)."""
     listing = []
-    patients = sorted(os.scandir(root), key=lambda entry: entry.name) if root.is_dir() else []
-    for patient in patients:
-        if not patient.is_dir():
+    for patient in _sorted_entries(images_dir):
+        try:
+            if not patient.is_dir():
+                continue
+        except OSError:
             continue
-        for entry in sorted(os.scandir(patient.path), key=lambda entry: entry.name):
+        for entry in _sorted_entries(patient.path):
             if entry.name.endswith(DICOM_SUFFIX):
-                stat = entry.stat()
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
                 listing.append((f"{patient.name}/{entry.name}", stat.st_size, stat.st_mtime_ns))
     return listing
 
@@ -97,7 +111,7 @@ def tree_version(root: str | os.PathLike) -> str:
     (`*.dcm`, not hidden: as leanmed.data.lidc_series finds them), in path order, and their number: a slice added,
     deleted or replaced anywhere in the tree (a download completed, a series re-downloaded) changes it, a downloader's
     log or a `.DS_Store` does not. Snakemake sees of a folder input only the folder's own time, which a change in a
-    subfolder does not touch. A broken link counts as absent."""
+    subfolder does not touch. A file that cannot be reached (a broken link) counts as absent."""
     digest, count = hashlib.sha256(), 0
     for folder, subfolders, files in os.walk(root):
         subfolders.sort()
@@ -107,7 +121,7 @@ def tree_version(root: str | os.PathLike) -> str:
             path = os.path.join(folder, name)
             try:
                 stat = os.stat(path)
-            except FileNotFoundError:
+            except OSError:  # a broken link, a link loop, no permission: the build finds it unreadable too
                 continue
             digest.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
             count += 1
