@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+import torch
 
 from leanmed.study.deleted_outputs import (
     deleted_best_checkpoint, deleted_images, drop_last_checkpoint, missing_listed_images,
@@ -103,7 +104,8 @@ def test_the_images_a_listing_names_that_are_gone_are_found_in_its_order(tmp_pat
     labels.write_text("image_id,subject_id,n_raters,label,path,fingerprint\na,p,2,1,png/a.png,f\n")
     assert missing_listed_images(labels) == [tmp_path / "lidc/png/a.png"]
     first = tmp_path / "lidc/png/a.png"
-    assert deleted_images(labels) == f"1 image(s) listed in {labels} were missing (first: {first})"
+    assert deleted_images(labels) == (
+        f"1 image(s) listed in {labels} were missing, deleted outside the workflow (first: {first})")
     (tmp_path / "lidc/png/a.png").write_bytes(b"png")
     assert deleted_images(labels) is None
     assert deleted_images(tmp_path / "absent/labels.csv") is None  # not made yet: its step runs anyway
@@ -122,8 +124,43 @@ def test_a_missing_best_checkpoint_reruns_a_run_that_reports_a_best_epoch_only(t
     (run_dir / "last.pt").write_bytes(b"last epoch")
     assert drop_last_checkpoint(run_dir) is True and not (run_dir / "last.pt").exists()
     assert drop_last_checkpoint(run_dir) is False
-    (run_dir / "best.pt").write_bytes(b"weights")
+    torch.save({"weights": torch.zeros(4)}, run_dir / "best.pt")
     assert deleted_best_checkpoint(run_dir) is None
     metrics.write_text("{damaged")
     (run_dir / "best.pt").unlink()
-    assert deleted_best_checkpoint(run_dir) is None  # Snakemake decides about a damaged output, not this check
+    assert deleted_best_checkpoint(run_dir) is None  # stale_metrics says why a damaged metrics.json reruns the job
+
+
+def test_damaged_checkpoints_and_metrics_that_do_not_match_the_jobs_options_or_split_are_found(tmp_path):
+    import hashlib
+
+    from leanmed.study.deleted_outputs import drop_damaged_last_checkpoint, is_damaged_checkpoint, stale_metrics
+
+    run_dir = tmp_path / "seed1"
+    run_dir.mkdir()
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("image_id,split\\n1,train\\n")
+    split_sha256 = hashlib.sha256(split_csv.read_bytes()).hexdigest()
+    assert stale_metrics(run_dir, "abc", split_csv) is None  # no metrics.json: the job runs anyway
+    metrics = run_dir / "metrics.json"
+    record = {"training": {"best_epoch": 2}, "provenance": {"config_hash": "abc"}, "inputs": {"split_csv_sha256": split_sha256}}
+    metrics.write_text(json.dumps(record))
+    assert stale_metrics(run_dir, "abc", split_csv) is None
+    assert "records other training options (config_hash abc, now def)" in stale_metrics(run_dir, "def", split_csv)
+    assert stale_metrics(run_dir, "abc", tmp_path / "not-made-yet.csv") is None  # its step runs first
+    split_csv.write_text("image_id,split\\n1,test\\n")  # edited by hand
+    assert f"records another {split_csv}" in stale_metrics(run_dir, "abc", split_csv)
+    metrics.write_text(json.dumps(record)[:40])
+    assert stale_metrics(run_dir, "abc", split_csv) == f"{metrics} was damaged (not a readable JSON object)"
+    assert deleted_best_checkpoint(run_dir) is None  # stale_metrics says why
+
+    torch.save({"weights": torch.zeros(64)}, run_dir / "best.pt")
+    torch.save({"weights": torch.zeros(64)}, run_dir / "last.pt")
+    assert not is_damaged_checkpoint(run_dir / "best.pt") and not is_damaged_checkpoint(tmp_path / "absent.pt")
+    assert deleted_best_checkpoint(run_dir) is None and drop_damaged_last_checkpoint(run_dir) is None
+    for name in ("best.pt", "last.pt"):
+        path = run_dir / name
+        path.write_bytes(path.read_bytes()[:-30])  # cut short
+        assert is_damaged_checkpoint(path)
+    assert deleted_best_checkpoint(run_dir) == f"{run_dir / 'best.pt'} was damaged (not a complete checkpoint)"
+    assert "is deleted" in drop_damaged_last_checkpoint(run_dir) and not (run_dir / "last.pt").exists()

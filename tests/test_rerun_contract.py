@@ -821,3 +821,64 @@ def test_converted_images_and_checkpoints_deleted_outside_the_workflow_are_made_
     why = json.loads((study.workdir / "results/options/train/dataset=lidc/model=mlp_small/setting=fp32/scale=1/"
                       "seed=1.json").read_text())["redone"]["why"]
     assert "was missing" in why and "last.pt deleted" in why  # resumed, the last epoch's weights would score nothing
+
+
+def test_run_files_restored_from_an_older_backup_or_damaged_are_redone_by_the_next_run(fp32_study, tmp_path):
+    """Snakemake compares a job's options with its own records of the job's last run, not with the outputs standing:
+    run folders restored from a backup made under another lr with `cp -r` (fresh times) stood as the current study
+    ("Nothing to be done" for the training, every metrics.json saying the old lr: shown by a real run). A truncated
+    last.pt failed its job on every resume (torch's "failed finding central directory"); a truncated best.pt or an
+    unreadable metrics.json failed CPU deployment on every rerun. The plan now checks each run's files against its
+    options and split.csv."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    study.targets = fp32_study.targets
+    lidc, rsna = ("lidc", "fp32", 1), ("rsna", "fp32", 1)
+    runs_root = study.workdir / "results/runs"
+    backup = shutil.copytree(study.workdir / "results", tmp_path / "backup")  # made under lr 1e-3
+    study.config = deep_merge(study.config, {"training": {"lr": 2.0e-3}})
+    study.run()
+    expected = {run: stable(metrics_of(study.workdir, run)) for run in (lidc, rsna)}
+    current = shutil.copytree(runs_root, tmp_path / "runs-current")  # what lr 2e-3 trains
+
+    def assert_trained_as_current(run):
+        folder = run_folder(run).removeprefix("results/runs/")
+        predictions = [(root / folder / "predictions.csv").read_bytes() for root in (runs_root, current)]
+        assert predictions[0] == predictions[1], run
+        assert metrics_of(study.workdir, run)["test"] == expected[run]["test"], run
+
+    # The whole results/ restored (the options records with it, which the plan rewrites to the options Snakemake
+    # recorded for the last run), then only the run folders (the records stand as they are).
+    for restored, into in ((backup, study.workdir / "results"), (backup / "runs", runs_root)):
+        trained = study.state()
+        shutil.rmtree(into)
+        shutil.copytree(restored, into, copy_function=shutil.copy)  # as `cp -r`: every file gets a fresh time
+        assert {metrics_of(study.workdir, run)["training"]["lr"] for run in (lidc, rsna)} == {1.0e-3}
+        study.run()
+        if into == runs_root:  # the PNGs of the whole results/ restored have new times: only the runs compare
+            assert_rerun(study, trained, affected={lidc, rsna})
+        for run in (lidc, rsna):
+            assert metrics_of(study.workdir, run)["training"]["resumed"] is False, run  # trained afresh
+            assert stable(metrics_of(study.workdir, run)) == expected[run], run
+            assert_trained_as_current(run)
+
+    # Damaged files: the LIDC run's last.pt and the RSNA run's best.pt cut short, then an option that resumes runs.
+    redone = study.state()
+    for run, name in ((lidc, "last.pt"), (rsna, "best.pt")):
+        path = study.workdir / run_folder(run) / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    study.config = deep_merge(study.config, {"training": {"inference_repeats": 2}})
+    study.run()
+    assert_rerun(study, redone, affected={lidc, rsna})  # neither could resume: both trained afresh
+    for run in (lidc, rsna):
+        assert_trained_as_current(run)
+
+    # An unreadable metrics.json: the job runs again and resumes from its last.pt to the same results.
+    finished = study.state()
+    metrics_file = study.workdir / run_folder(lidc) / "metrics.json"
+    metrics_file.write_text(metrics_file.read_text()[:100])
+    study.run()
+    assert_rerun(study, finished, affected=set(), resumed={lidc})
+    assert_trained_as_current(lidc)
+    again = study.state()
+    study.run()
+    assert study.state() == again  # redone once: nothing reruns

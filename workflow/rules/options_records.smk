@@ -29,28 +29,58 @@ def images_deleted_from(listing):
     return lambda wildcards: deleted_images(listing)
 
 
-def best_checkpoint_deleted(wildcards):
-    """A `redo_when` check of options_record: the run's best.pt, which CPU deployment reads, was deleted outside the
-    workflow; its training job trains the run again, from scratch: a real run deletes the run's last.pt, which does
-    not hold the best epoch's weights (leanmed.study.deleted_outputs)."""
+def run_lost(wildcards):
+    """A `redo_when` check of the training jobs' options records (leanmed.study.deleted_outputs): the run's best.pt,
+    which CPU deployment reads, was deleted outside the workflow or is damaged: the run trains again, from scratch (a
+    real run deletes the run's last.pt, which does not hold the best epoch's weights). A damaged last.pt (read only to
+    resume: the job failed on it every time) is deleted in a real run, so the job trains afresh when it runs."""
     run = RUN_DIR.format(**wildcards)
+    dropped = None if workflow.dryrun else drop_damaged_last_checkpoint(run)
+    if dropped:
+        logger.warning(dropped)
     why = deleted_best_checkpoint(run)
-    if why and not workflow.dryrun and drop_last_checkpoint(run):
-        why += f"; {run}/last.pt deleted (the last epoch's weights: resumed, the run would have no test result)"
+    if why and not workflow.dryrun:
+        if is_damaged_checkpoint(f"{run}/best.pt"):
+            Path(run, "best.pt").unlink()
+        if drop_last_checkpoint(run):
+            why += f"; {run}/last.pt deleted (the last epoch's weights: resumed, the run would have no test result)"
     return why
+
+
+def run_stale(wildcards):
+    """A `stale_when` check of the training jobs' options records: the run's metrics.json cannot be read, or records
+    other options or another split.csv than the job has now (an older backup restored with fresh times, a split.csv
+    edited by hand; leanmed.study.deleted_outputs.stale_metrics)."""
+    run = RUN_DIR.format(**wildcards)
+    return stale_metrics(run, train_params(wildcards)["config_hash"], f"{RESULTS}/{wildcards.dataset}/split.csv")
+
+
+def taken_as_made_from(record, outputs):
+    """Whether Snakemake takes `outputs` as made from the options `record` just written, although it is newer than
+    them: it does when its records of the job's last run (.snakemake/metadata) hold the record's checksum (for small
+    inputs it compares checksums before it reruns a job for a newer one). So a results/ restored from a backup, its
+    options records with it, stands as current once the records are rewritten with the current options, the ones
+    Snakemake recorded (found by a real run). Snakemake's persistence is read as 9.27 (pinned) has it."""
+    checksum = f"sha256:{file_sha256(record)}"
+    try:
+        recorded = [workflow.persistence.metadata(IOFile(output)) for output in outputs]
+    except Exception:  # another Snakemake's persistence: take it as rerunning, as without records
+        return False
+    return any(
+        metadata is not None and (metadata.input_checksums or {}).get(record) in (checksum, checksum[7:])
+        for metadata in recorded
+    )
 
 
 def redo_if(check, rule_name, record, wildcards):
     """Mark the job of `record` to run again (leanmed.study.options_record.mark_to_run_again) when `check` says why:
-    a file it writes without declaring it was deleted outside the workflow. A dry run only says so."""
+    a file it writes was deleted or damaged outside the workflow, or does not match its options. A dry run only says
+    so."""
     why = check(wildcards)
     if not why:
         return
     marked = not workflow.dryrun and mark_to_run_again(record, why)
-    logger.warning(
-        f"{why}, deleted outside the workflow: "
-        + (f"{rule_name} runs again and makes it" if marked else f"a real run reruns {rule_name}, which makes it")
-    )
+    logger.warning(f"{why}: " + (f"{rule_name} runs again" if marked else f"a real run reruns {rule_name}"))
 
 
 def known_to_exist(path):
@@ -64,13 +94,16 @@ def known_to_exist(path):
         exists[path] = True
 
 
-def options_record(rule_name, root=OPTIONS, redo_when=None):
+def options_record(rule_name, root=OPTIONS, redo_when=None, stale_when=None):
     """Input function giving each job of `rule_name` its options record, <root>/<rule>[/<wildcards>].json (the job's
     params as a file), rewritten only when they change; leanmed.study.options_record says why. Dry runs create absent
     records only. Rules that write outside results/ keep their records beside their outputs (root), so that a
     results/ deleted for a clean run does not redo them (a new record is newer than every output: its job reruns).
     `redo_when`: a function of the wildcards saying why the job must run again although its params are the same (a
-    file it writes without declaring it was deleted: images_deleted_from, best_checkpoint_deleted), or None."""
+    file it writes was deleted or damaged outside the workflow: images_deleted_from, run_lost), or None.
+    `stale_when`: the same for outputs that may not match the params (run_stale), checked only where Snakemake would
+    not rerun the job for its record: the record unchanged, or newer but taken as made from (`taken_as_made_from`), so
+    that a changed option, which reruns the job anyway, writes no "redone" entry a clean run's record would not hold."""
 
     def record(wildcards):
         params = {
@@ -91,6 +124,14 @@ def options_record(rule_name, root=OPTIONS, redo_when=None):
             logger.info(f"{path}: the params changed; a real run rewrites this record and reruns the job")
         if redo_when:
             redo_if(redo_when, rule_name, path, wildcards)
+        if stale_when and (
+            outcome == "unchanged"
+            or outcome != "kept"
+            and taken_as_made_from(
+                path, [apply_wildcards(str(output), wildcards) for output in getattr(rules, rule_name).output]
+            )
+        ):
+            redo_if(stale_when, rule_name, path, wildcards)
         return path
 
     return record

@@ -30,7 +30,7 @@ rule train:
     input:
         split=f"{RESULTS}/{{dataset}}/split.csv",
         weights=weights_manifest,
-        options=options_record("train", redo_when=best_checkpoint_deleted),
+        options=options_record("train", redo_when=run_lost, stale_when=run_stale),
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         epochs=f"{RUN_DIR}/epochs.csv",
