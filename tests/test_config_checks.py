@@ -2,6 +2,7 @@
 Snakemake merges a --configfile, with the schema's defaults filled in. test_workflow_plan runs some of them through
 Snakemake, to show that they stop a run before any job."""
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,14 @@ def test_a_demo_folder_beside_the_raw_data_passes_and_the_demo_needs_the_pickle_
     check_study_config(config)
     config["data"]["lidc"]["source"] = "ct"
     assert problem(config).startswith("config key data.lidc.source is ct, but demo.enabled is true")
+
+
+def test_a_whole_number_written_as_a_decimal_is_refused_where_the_schema_asks_for_an_integer(tmp_path):
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    check_study_config(study_config(tmp_path), schema)
+    for changes, key in (({"image_size": 32.0}, "image_size: 32.0"), ({"seeds": [1, 2.0]}, "seeds[1]: 2.0"),
+                         ({"training": {"batch_size": 16.0}}, "training.batch_size: 16.0"),
+                         ({"dicom": {"shards": 4.0}}, "dicom.shards: 4.0")):
+        with pytest.raises(ConfigError, match=rf"^config key {re.escape(key)} is not an integer"):
+            check_study_config(study_config(tmp_path, **changes), schema)
+    check_study_config(study_config(tmp_path, training={"lr": 1.0}), schema)  # a number key takes 1.0

@@ -54,6 +54,9 @@ def test_missing_data_says_what_to_download_and_where(workdir):
         ({"trainig": {"lr": 0.1}}, ["trainig"]),
         ({"training": {"batch_size": "thirty-two"}}, ["batch_size", "thirty-two"]),
         ({"training": {"tuned_step": "fast"}}, ["tuned_step", "fast"]),
+        # JSON Schema counts 32.0 as an integer: it passed, retrained every run, then failed in the LIDC labelling.
+        ({"image_size": 32.0}, ["config key image_size: 32.0 is not an integer; write 32"]),
+        ({"data": {"rsna": {"train_csv": "data"}}}, ["config key data.rsna.train_csv: data is a folder"]),
         ({"split": {"fractions": [0.5, 0.2, 0.2]}}, ["split.fractions"]),
         ({"split": {"stratify_by": {"rsna": ["scanner"]}}}, ["split.stratify_by.rsna", "scanner", "machine_id"]),
         ({"split": {"stratify_by": {"rsna": "machine_id"}}}, ["stratify_by", "machine_id"]),

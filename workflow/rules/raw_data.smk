@@ -26,15 +26,23 @@ def raw_data_path(dataset):
     """Path of the raw input of `dataset`: the generated one in demo mode, else the configured one, which must exist."""
     if DEMO:
         return DEMO_DATA["rsna_csv"] if dataset == "rsna" else DEMO_DATA["lidc_pickle"]
+    key, what = ("data.rsna.train_csv", "train.csv") if dataset == "rsna" else ("data.lidc.pickle", "data_lidc.pickle")
     path = config["data"]["rsna"]["train_csv"] if dataset == "rsna" else config["data"]["lidc"]["pickle"]
     if not Path(path).exists():
         raise WorkflowError(MISSING_DATA_HELP[dataset].format(path=path))
+    if Path(path).is_dir():
+        raise WorkflowError(f"config key {key}: {path} is a folder; give the file ({what})")
     return path
 
 
 def rsna_images_dir():
     """Folder of the RSNA DICOMs (<patient_id>/<image_id>.dcm): the generated one in demo mode, else configured."""
-    return DEMO_DATA["rsna_images_dir"] if DEMO else config["data"]["rsna"]["images_dir"]
+    if DEMO:
+        return DEMO_DATA["rsna_images_dir"]
+    folder = config["data"]["rsna"]["images_dir"]
+    if Path(folder).is_file():  # else every image counted as absent, and the advice was to raise the excluded limit
+        raise WorkflowError(f"config key data.rsna.images_dir: {folder} is a file; give the folder of train_images/")
+    return folder
 
 
 def rsna_train_csv(wildcards):

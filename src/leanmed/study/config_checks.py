@@ -26,6 +26,28 @@ class ConfigError(ValueError):
     """A configuration leanmed cannot run; the message names the config key."""
 
 
+def _check_integers(value: object, node: Mapping, schema: Mapping, key: str = "") -> None:
+    """Refuse a decimal number where the schema asks for an integer. JSON Schema counts 32.0 as an integer, so
+    `image_size: 32.0` (or `--config image_size=32.0`) passed the schema, made every option record differ from
+    32's (every job reran, every run trained afresh) and then failed in the LIDC labelling ("image_size must be a
+    positive integer, got 32.0"; found by a real run)."""
+    while "$ref" in node:  # "#/$defs/name"
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    types = node.get("type")
+    if isinstance(value, float) and (types == "integer" or (isinstance(types, list) and "integer" in types
+                                                            and "number" not in types)):
+        raise ConfigError(f"config key {key}: {value!r} is not an integer; write {value:.0f}" if value.is_integer()
+                          else f"config key {key}: {value!r} is not an integer")
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            child = node.get("properties", {}).get(name, node.get("additionalProperties"))
+            if isinstance(child, Mapping):
+                _check_integers(item, child, schema, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        for index, item in enumerate(value):
+            _check_integers(item, node["items"], schema, f"{key}[{index}]")
+
+
 #: What to tell a user whose raw data is not where the config says, by kind of data ({path}: the configured path).
 MISSING_DATA_HELP = {
     "rsna": (
@@ -49,8 +71,11 @@ MISSING_DATA_HELP = {
 }
 
 
-def check_study_config(config: Mapping) -> None:
-    """Raise ConfigError for the first thing in ``config`` (validated against the schema) that leanmed cannot run."""
+def check_study_config(config: Mapping, schema: Mapping | None = None) -> None:
+    """Raise ConfigError for the first thing in ``config`` (validated against the schema) that leanmed cannot run.
+    ``schema``: the config schema, to refuse a whole number written as a decimal where it asks for an integer."""
+    if schema is not None:
+        _check_integers(config, schema, schema)
     _check_models_and_datasets(config)
     try:
         validate_fractions(config["split"]["fractions"])
