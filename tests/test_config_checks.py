@@ -106,3 +106,14 @@ def test_a_whole_number_written_as_a_decimal_is_refused_where_the_schema_asks_fo
         with pytest.raises(ConfigError, match=rf"^config key {re.escape(key)} is not an integer"):
             check_study_config(study_config(tmp_path, **changes), schema)
     check_study_config(study_config(tmp_path, training={"lr": 1.0}), schema)  # a number key takes 1.0
+
+
+def test_a_downsampling_curve_without_its_s1_point_in_the_study_is_refused(tmp_path):
+    """A curve of a model or setting outside the main study trained only its S > 1 runs and was plotted without the
+    S = 1 point (found by a real run)."""
+    curve = {"dataset": "lidc", "model": "mlp", "settings": ["fp32"], "scales": [2]}
+    message = problem(study_config(tmp_path, downsampling={"runs": [curve]}))
+    assert message.startswith("config key downsampling.runs[0]: its curve takes S = 1 from the main study")
+    assert "no run of mlp with setting fp32 on lidc" in message
+    check_study_config(study_config(tmp_path, downsampling={"runs": [{**curve, "scales": [1, 2]}]}))
+    check_study_config(study_config(tmp_path, downsampling={"runs": [{**curve, "model": "densenet121"}]}))

@@ -118,6 +118,16 @@ def _check_models_and_datasets(config: Mapping) -> None:
             )
         if not is_known_model(run["model"]):
             raise _unknown_model(f"downsampling.runs[{index}].model", run["model"])
+        if 1 in run["scales"]:
+            continue
+        # The curve's S = 1 point is the main study's run: without it the curve started at S = 2 (a real run).
+        for setting in run["settings"]:
+            if run["model"] not in config["datasets"][run["dataset"]]["models"] or setting not in config["settings"]:
+                raise ConfigError(
+                    f"config key downsampling.runs[{index}]: its curve takes S = 1 from the main study, which has no "
+                    f"run of {run['model']} with setting {setting} on {run['dataset']}: add the model to "
+                    f"datasets.{run['dataset']}.models and the setting to settings, or 1 to the curve's scales."
+                )
 
 
 def stratification_columns(config: Mapping, dataset: str) -> list[str]:
