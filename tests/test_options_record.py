@@ -106,9 +106,16 @@ def test_the_images_a_listing_names_that_are_gone_are_found_in_its_order(tmp_pat
     first = tmp_path / "lidc/png/a.png"
     assert deleted_images(labels) == (
         f"1 image(s) listed in {labels} were missing, deleted outside the workflow (first: {first})")
-    (tmp_path / "lidc/png/a.png").write_bytes(b"png")
+    first.write_bytes(b"png")
+    written_ns = labels.stat().st_mtime_ns
+    os.utime(first, ns=(written_ns - 10**9, written_ns - 10**9))  # made before its listing, as its step does
     assert deleted_images(labels) is None
     assert deleted_images(tmp_path / "absent/labels.csv") is None  # not made yet: its step runs anyway
+    # Overwritten after the listing (by hand, another program): its step runs again and converts it anew.
+    os.utime(first, ns=(written_ns + 10**9, written_ns + 10**9))
+    assert deleted_images(labels) == (
+        f"1 image(s) listed in {labels} were modified after it was written (by hand, another program, or a run "
+        f"stopped before writing it again; first: {first})")
 
 
 def test_a_missing_best_checkpoint_reruns_a_run_that_reports_a_best_epoch_only(tmp_path):

@@ -30,6 +30,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from leanmed.data.images import read_grey_png
 from workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake_patched, write_config
@@ -879,6 +880,32 @@ def test_run_files_restored_from_an_older_backup_or_damaged_are_redone_by_the_ne
     study.run()
     assert_rerun(study, finished, affected=set(), resumed={lidc})
     assert_trained_as_current(lidc)
+    again = study.state()
+    study.run()
+    assert study.state() == again  # redone once: nothing reruns
+
+
+def test_converted_images_overwritten_or_cut_short_outside_the_workflow_are_made_again(fp32_study, tmp_path):
+    """A PNG of results/ overwritten (other pixels) or cut short after its listing was written stood through every
+    rerun ("Nothing to be done"), and the next run trained on it or failed on it for good (real runs). Each listed
+    image is now checked to be no newer than its listing: its step runs again and converts it anew."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    before = study.state()
+    metrics_before = {run: metrics_of(study.workdir, run) for run in before["runs"]}
+    rsna_png = sorted((study.workdir / "results/rsna/png/images").rglob("*.png"))[0]
+    lidc_png = sorted((study.workdir / "results/lidc/png").glob("*.png"))[0]
+    Image.fromarray(255 - np.asarray(Image.open(rsna_png))).save(rsna_png)  # other pixels, no fingerprint chunk
+    lidc_png.write_bytes(lidc_png.read_bytes()[:200])  # cut short
+    study.run()
+    after = study.state()
+    for dataset in ("rsna", "lidc"):  # made again: the same bytes as before
+        assert {path: state[0] for path, state in after[f"{dataset}_png"].items()} == {
+            path: state[0] for path, state in before[f"{dataset}_png"].items()}, dataset
+    for run in after["runs"]:  # the same images: the runs resume to the same results
+        assert metrics_of(study.workdir, run)["training"]["resumed"] is True, run
+        assert stable(metrics_of(study.workdir, run)) == stable(metrics_before[run]), run
+    for record in ("rsna_images", "lidc_labels"):
+        assert "modified after it was written" in (study.workdir / f"results/options/{record}.json").read_text()
     again = study.state()
     study.run()
     assert study.state() == again  # redone once: nothing reruns
