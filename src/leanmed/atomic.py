@@ -32,8 +32,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, target)
+    except Exception as error:
+        cause = storage_error_in(error)
+        if cause is None or (isinstance(error, OSError) and error.filename is not None):
+            raise
+        # torch.save on a full disk raised "[enforce fail at inline_container.cc] unexpected pos 2880 vs 2774",
+        # naming neither the file nor the disk (the OSError only in the chained traceback; a real run).
+        raise OSError(cause.errno, f"cannot write, {cause.strerror or cause}", str(target)) from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def storage_error_in(error: BaseException) -> OSError | None:
+    """The operating system error (one with an errno: a full disk, no permission, an I/O error) that `error` is or
+    was raised from or while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
