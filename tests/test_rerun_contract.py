@@ -909,3 +909,44 @@ def test_converted_images_overwritten_or_cut_short_outside_the_workflow_are_made
     again = study.state()
     study.run()
     assert study.state() == again  # redone once: nothing reruns
+
+
+def test_a_change_planned_by_a_run_stopped_before_its_jobs_ran_writes_no_redone_entries(fp32_study, tmp_path):
+    """A run stopped after planning (killed, --until, a failed job under --keep-going) leaves the records rewritten
+    with the new options, the PNGs of the shards that ran newer than images.csv, and the runs trained under the old
+    options. The next run reruns them as Snakemake would (the records are newer); the checks for restored or
+    modified files stay silent: a first version called each run "a copy from elsewhere, or an older backup restored"
+    and the PNGs "modified", writing "redone" entries a clean run's records lack (found by real runs: killed during
+    the conversion, --until split)."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    runs = (("lidc", "fp32", 1), ("rsna", "fp32", 1))
+    study.config = deep_merge(study.config, {"image_size": 40})
+    study.run("--until", "dicom_to_png")  # plans every job, rewriting their records; converts the RSNA images only
+    assert {metrics_of(study.workdir, run)["test"]["n_images"] for run in runs}  # the runs stand, trained at 32 px
+    study.run()
+    for run in runs:
+        assert metrics_of(study.workdir, run)["training"]["resumed"] is False, run
+    assert not [path for path, text in option_records(study.workdir).items() if '"redone"' in text]
+    assert {Image.open(png).size for png in (study.workdir / "results/rsna/png").rglob("*.png")} == {(40, 40)}
+
+
+def test_a_plan_refused_by_another_snakemakes_lock_writes_and_deletes_nothing(fp32_study, tmp_path):
+    """Snakemake builds its plan before it takes the folder's lock: a second snakemake, refused with a LockException
+    while the first ran, had already rewritten a record of the running one and written "redone" entries (a real run).
+    While another Snakemake's lock files stand, the plan now writes and deletes nothing."""
+    study = copy_of(fp32_study, tmp_path / "study")
+    run_dir = study.workdir / run_folder(("rsna", "fp32", 1))
+    best = run_dir / "best.pt"
+    best.write_bytes(best.read_bytes()[:100])  # damaged: a run holding the lock would delete it and retrain the run
+    records = option_records(study.workdir)
+    locks = study.workdir / ".snakemake/locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / "0.output.lock").write_text("results/tables/rsna.md\n")  # as a running Snakemake's lock on its outputs
+    study.config = deep_merge(study.config, {"training": {"lr": 2.0e-3}})
+    write_config(study.workdir / "study.yaml", study.config)
+    process = snakemake_patched(study.workdir, *study.targets, "--cores", "2", "--configfile", "study.yaml")
+    assert process.returncode != 0 and "LockException" in process.stdout + process.stderr
+    assert option_records(study.workdir) == records and len(best.read_bytes()) == 100
+    study.run("--unlock")
+    study.run()
+    assert metrics_of(study.workdir, ("rsna", "fp32", 1))["training"]["lr"] == 2.0e-3 and best.stat().st_size > 100

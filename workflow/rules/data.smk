@@ -101,7 +101,7 @@ rule dicom_to_png:
 rule rsna_images:
     input:
         manifests=rsna_manifests,
-        options=options_record("rsna_images", redo_when=images_deleted_from(f"{RESULTS}/rsna/images.csv")),
+        options=options_record("rsna_images", stale_when=images_deleted_from(f"{RESULTS}/rsna/images.csv")),
     output:
         images=f"{RESULTS}/rsna/images.csv",
         excluded=f"{RESULTS}/rsna/excluded.csv",
@@ -146,7 +146,7 @@ rule lidc_from_ct:
 rule lidc_labels:
     input:
         pickle=lidc_pickle,
-        options=options_record("lidc_labels", redo_when=images_deleted_from(f"{RESULTS}/lidc/labels.csv")),
+        options=options_record("lidc_labels", stale_when=images_deleted_from(f"{RESULTS}/lidc/labels.csv")),
     output:
         labels=f"{RESULTS}/lidc/labels.csv",
     log:

@@ -137,8 +137,8 @@ def stale_metrics(run_dir: str | os.PathLike, config_hash: str, split_csv: str |
         return f"{where} was damaged (not a readable JSON object)"
     recorded = (metrics.get("provenance") or {}).get("config_hash")
     if recorded is not None and recorded != config_hash:
-        return (f"{where} records other training options (config_hash {recorded}, now {config_hash}): a copy from "
-                "elsewhere, or an older backup restored")
+        return (f"{where} records other training options (config_hash {recorded}, now {config_hash}): restored from a "
+                "backup or copied from elsewhere, or marked as current by --touch")
     trained_on = (metrics.get("inputs") or {}).get("split_csv_sha256")
     if trained_on is not None and Path(split_csv).is_file() and trained_on != split_sha256(split_csv):
         return f"{where} records another {split_csv} than the one there now (edited or restored by hand)"
