@@ -11,15 +11,13 @@ from leanmed.fingerprint import code_version, file_sha256, script_code_version, 
 from leanmed.study import canonical_config, downsample_mode_at, studied_datasets
 from leanmed.study import training_runs as study_training_runs
 from leanmed.study.config_checks import ConfigError, check_study_config
-from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_damaged_last_checkpoint
-from leanmed.study.deleted_outputs import drop_last_checkpoint, is_damaged_checkpoint, stale_metrics
 from leanmed.train.registry import model_definition, setting_definition
 from leanmed.train.weights import cache_problem as weights_cache_problem
 from leanmed.train.weights import manifest_file as weights_manifest_file
 from leanmed.train.weights import set_aside as set_weights_aside
 from leanmed.train.weights import weights_file as cached_weights_file
 from snakemake.exceptions import WorkflowError
-from snakemake.io import IOFile, apply_wildcards, is_flagged
+from snakemake.io import apply_wildcards, is_flagged
 from snakemake.logging import logger
 
 # One key order for the whole config, set before the rule files take params from it. Snakemake sees a param's dict

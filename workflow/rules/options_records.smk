@@ -6,7 +6,10 @@ import functools
 import inspect
 import os
 
+from leanmed.study.deleted_outputs import deleted_best_checkpoint, deleted_images, drop_damaged_last_checkpoint
+from leanmed.study.deleted_outputs import drop_last_checkpoint, is_damaged_checkpoint, stale_metrics
 from leanmed.study.options_record import mark_to_run_again, options_record_path, write_options_record
+from snakemake.io import IOFile
 
 OPTIONS = f"{RESULTS}/options"
 
@@ -153,9 +156,10 @@ def options_record(rule_name, root=OPTIONS, redo_when=None, stale_when=None):
             logger.info(f"{path}: the params changed; a real run rewrites this record and reruns the job")
         if redo_when:
             redo_if(redo_when, rule_name, path, wildcards)
-        outputs = [apply_wildcards(str(output), wildcards) for output in getattr(rules, rule_name).output]
-        if stale_when and outcome != "kept" and not reruns_for_record(path, outputs):
-            redo_if(stale_when, rule_name, path, wildcards)
+        if stale_when and outcome != "kept":
+            outputs = [apply_wildcards(str(output), wildcards) for output in getattr(rules, rule_name).output]
+            if not reruns_for_record(path, outputs):
+                redo_if(stale_when, rule_name, path, wildcards)
         return path
 
     return record

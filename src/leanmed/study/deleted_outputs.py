@@ -29,6 +29,7 @@ import csv
 import functools
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def changed_listed_images(listing: str | os.PathLike) -> tuple[list[Path], list[
         except FileNotFoundError:
             missing.append(path)
             continue
-        if not path.is_file():
+        if not stat.S_ISREG(status.st_mode):
             missing.append(path)
         elif status.st_mtime_ns > written_ns:
             modified.append(path)
@@ -148,8 +149,8 @@ def stale_metrics(run_dir: str | os.PathLike, config_hash: str, split_csv: str |
 def split_sha256(split_csv: str | os.PathLike) -> str:
     """sha256 of a split.csv, hashed once per version of the file (path, size, mtime) in a process: the checks of all
     runs of a dataset read the same file while the workflow plans (about 1 MB for the RSNA cohort)."""
-    stat = os.stat(split_csv)
-    return _sha256_of_version(str(split_csv), stat.st_size, stat.st_mtime_ns)
+    status = os.stat(split_csv)
+    return _sha256_of_version(str(split_csv), status.st_size, status.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
